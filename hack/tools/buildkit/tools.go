@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package tools records the commands built from this module.
+package tools
+
+import (
+	_ "github.com/moby/buildkit/cmd/buildkitd"
+	_ "github.com/moby/buildkit/cmd/buildctl"
+)
