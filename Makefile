@@ -1,0 +1,55 @@
+# setup-ephemeral-buildkit — the README keeps two set-up commands: `make demo` and `make test`.
+# Everything else here is what those two need, cached under CACHE_DIR so a second run is fast.
+
+SHELL := /usr/bin/env bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CACHE_DIR ?= $(HOME)/.cache/setup-ephemeral-buildkit
+export CACHE_DIR
+BIN_DIR := $(CACHE_DIR)/bin
+export PATH := $(BIN_DIR):$(PATH)
+# The state of the local cluster (certificates, etcd data, containerd root, logs). A fixed path so
+# a run after a crashed run finds, and removes, what the crashed run left.
+CLUSTER_DIR ?= /var/lib/setup-ephemeral-buildkit-cluster
+export CLUSTER_DIR
+
+GO ?= go
+
+.PHONY: help
+help:
+	@echo "make demo   - local Kubernetes, builders per arch, a multi-arch docker buildx build, cleanup, timings"
+	@echo "make test   - every test, unit and end-to-end, against a real local cluster"
+	@echo "other targets: deps tools images cluster-up cluster-down unit bench dist"
+
+.PHONY: deps
+deps: ## Debian packages the local cluster needs (containerd, runc, CNI plugins, qemu-user-static, ...)
+	hack/install-deps.sh
+
+.PHONY: tools
+tools: deps ## Kubernetes, etcd, BuildKit, buildx, act, static runc: built from the Go module proxy, cached
+	hack/build-tools.sh
+
+.PHONY: images
+images: tools ## OCI archives of the BuildKit and pause images, imported into the cluster's containerd
+	$(GO) run ./hack/cmd/mkimages -bin "$(BIN_DIR)" -out "$(CACHE_DIR)/images"
+
+.PHONY: cluster-up
+cluster-up: images ## start the local cluster and print its kubeconfig
+	$(GO) run ./hack/cmd/localcluster up -bin "$(BIN_DIR)" -images "$(CACHE_DIR)/images" -state "$(CLUSTER_DIR)"
+
+.PHONY: cluster-down
+cluster-down: ## stop the local cluster and remove every trace of it
+	$(GO) run ./hack/cmd/localcluster down -state "$(CLUSTER_DIR)"
+
+.PHONY: unit
+unit: ## unit tests only (no cluster)
+	$(GO) test -short -race -shuffle=on ./...
+
+.PHONY: test
+test: images
+	hack/test.sh
+
+.PHONY: demo
+demo: images
+	hack/demo.sh

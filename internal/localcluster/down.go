@@ -1,0 +1,217 @@
+package localcluster
+
+import (
+	"archive/tar"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Down stops the cluster whose state is in stateDir and undoes every host change on record:
+// processes (whole groups), container processes and shims, mounts, network namespaces, cgroups,
+// firewall rules, the bridge, sysctls, binfmt_misc entries and hard-coded paths, then removes the
+// state directory. It is safe to run twice and after a crash: each step tolerates what is
+// already gone, and the errors of all steps are reported together.
+func Down(stateDir string, logw io.Writer) error {
+	log := logger{logw}
+	rec, err := loadHostRecord(stateDir)
+	if err != nil {
+		return err
+	}
+	if rec.empty() {
+		if _, err := os.Stat(stateDir); err == nil {
+			if err := removeStateDir(stateDir); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	log.printf("stopping the local cluster in %s", stateDir)
+	var errs []error
+
+	// The kubelet first, so it does not restart containers while they are being removed.
+	procs := slices.Clone(rec.Processes)
+	slices.Reverse(procs)
+	for _, p := range procs {
+		if p.Name == "containerd" {
+			// Containers and their shims outlive containerd, so they go first.
+			killCgroupProcesses()
+			if rec.ContainerdAddress != "" {
+				for _, pid := range pidsMatching("containerd-shim", rec.ContainerdAddress) {
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			}
+		}
+		if err := stopProcessGroup(p, 10*time.Second); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	killCgroupProcesses()
+	if rec.ContainerdAddress != "" {
+		for _, pid := range pidsMatching("containerd-shim", rec.ContainerdAddress) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+
+	// Network namespaces the cluster's pods used: unmount and remove.
+	if rec.RecordedNetns {
+		entries, _ := os.ReadDir("/run/netns")
+		for _, e := range entries {
+			if slices.Contains(rec.NetnsBefore, e.Name()) || !strings.HasPrefix(e.Name(), "cni-") {
+				continue
+			}
+			path := filepath.Join("/run/netns", e.Name())
+			if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+				errs = append(errs, fmt.Errorf("unmounting %s: %w", path, err))
+			}
+			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("removing %s: %w", path, err))
+			}
+		}
+	}
+	for _, point := range mountsUnder(stateDir) {
+		if err := syscall.Unmount(point, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", point, err))
+		}
+	}
+
+	// cgroups can only be removed once empty; processes may take a moment to be reaped.
+	for attempt := 0; attempt < 50; attempt++ {
+		killCgroupProcesses()
+		remaining := 0
+		for _, dir := range cgroupDirs() {
+			if err := syscall.Rmdir(dir); err != nil && !errors.Is(err, syscall.ENOENT) {
+				remaining++
+			}
+		}
+		if remaining == 0 {
+			break
+		}
+		if attempt == 49 {
+			errs = append(errs, fmt.Errorf("%d kubepods cgroups could not be removed: %v", remaining, cgroupDirs()))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+
+	for _, rule := range rec.FirewallRules {
+		args := append([]string{"-w", "-t", rule.Table, "-D", rule.Chain}, rule.Spec...)
+		if err := run(rule.Command, args...); err != nil && !strings.Contains(err.Error(), "does a matching rule exist") &&
+			!strings.Contains(err.Error(), "Bad rule") {
+			errs = append(errs, err)
+		}
+	}
+	if rec.Bridge != "" {
+		if _, err := os.Stat(filepath.Join("/sys/class/net", rec.Bridge)); err == nil {
+			if err := run("ip", "link", "del", rec.Bridge); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for name, value := range rec.Sysctls {
+		if current, err := readSysctl(name); err == nil && current != value {
+			if err := writeSysctl(name, value); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, name := range rec.BinfmtRegistered {
+		entry := filepath.Join("/proc/sys/fs/binfmt_misc", name)
+		if _, err := os.Stat(entry); err == nil {
+			if err := os.WriteFile(entry, []byte("-1"), 0o200); err != nil {
+				errs = append(errs, fmt.Errorf("unregistering binfmt %s: %w", name, err))
+			}
+		}
+	}
+	if rec.BinfmtMounted {
+		if err := syscall.Unmount("/proc/sys/fs/binfmt_misc", 0); err != nil && !errors.Is(err, syscall.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmounting binfmt_misc: %w", err))
+		}
+	}
+	// Deepest first, so a parent that existed before keeps its pre-existing content.
+	created := slices.Clone(rec.CreatedPaths)
+	slices.SortFunc(created, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
+	for _, p := range created {
+		if len(mountsUnder(p)) > 0 {
+			errs = append(errs, fmt.Errorf("not removing %s: something is still mounted below it", p))
+			continue
+		}
+		if err := os.RemoveAll(p); err != nil {
+			errs = append(errs, fmt.Errorf("removing %s: %w", p, err))
+		}
+	}
+	if len(errs) > 0 {
+		// Keep the record so a later Down can finish the job.
+		return fmt.Errorf("stopping the local cluster: %w", errors.Join(errs...))
+	}
+	if err := removeStateDir(stateDir); err != nil {
+		return err
+	}
+	log.printf("local cluster stopped; nothing of it is left")
+	return nil
+}
+
+func removeStateDir(stateDir string) error {
+	if left := mountsUnder(stateDir); len(left) > 0 {
+		return fmt.Errorf("not removing %s: still mounted below it: %v", stateDir, left)
+	}
+	if err := os.RemoveAll(stateDir); err != nil {
+		return fmt.Errorf("removing state directory: %w", err)
+	}
+	return nil
+}
+
+func loadCertPool(path string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("no certificate in %s", path)
+	}
+	return pool, nil
+}
+
+// imageNameInArchive reads the image name from an OCI layout archive's index.json annotation.
+func imageNameInArchive(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("opening image archive: %w", err)
+	}
+	defer f.Close()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return "", fmt.Errorf("%s has no index.json", path)
+		}
+		if err != nil {
+			return "", fmt.Errorf("reading %s: %w", path, err)
+		}
+		if strings.TrimPrefix(hdr.Name, "./") != "index.json" {
+			continue
+		}
+		var index struct {
+			Manifests []struct {
+				Annotations map[string]string `json:"annotations"`
+			} `json:"manifests"`
+		}
+		if err := json.NewDecoder(tr).Decode(&index); err != nil {
+			return "", fmt.Errorf("parsing index.json of %s: %w", path, err)
+		}
+		for _, m := range index.Manifests {
+			if name := m.Annotations["io.containerd.image.name"]; name != "" {
+				return name, nil
+			}
+		}
+		return "", fmt.Errorf("index.json of %s names no image (io.containerd.image.name)", path)
+	}
+}
