@@ -1,0 +1,197 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// fakeBin writes stand-ins for the binaries build-tools.sh produces.
+func fakeBin(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, f := range []string{"buildkitd", "buildctl", "runc-static"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("fake "+f), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func needBusybox(t *testing.T) string {
+	t.Helper()
+	const bb = "/bin/busybox"
+	if _, err := os.Stat(bb); err != nil {
+		t.Skip("no /bin/busybox (hack/install-deps.sh installs busybox-static)")
+	}
+	return bb
+}
+
+// layerEntries returns the layer of a single-image OCI archive as name -> header.
+func layerEntries(t *testing.T, archive string) (map[string]*tar.Header, v1.Image) {
+	t.Helper()
+	data, err := os.ReadFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs := map[string][]byte{}
+	tr := tar.NewReader(bytes.NewReader(data))
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		blobs[hdr.Name] = b
+	}
+	var index v1.Index
+	var manifest v1.Manifest
+	var config v1.Image
+	mustJSON(t, blobs["index.json"], &index)
+	mustJSON(t, blobs["blobs/sha256/"+index.Manifests[0].Digest.Encoded()], &manifest)
+	mustJSON(t, blobs["blobs/sha256/"+manifest.Config.Digest.Encoded()], &config)
+	zr, err := gzip.NewReader(bytes.NewReader(blobs["blobs/sha256/"+manifest.Layers[0].Digest.Encoded()]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries := map[string]*tar.Header{}
+	lr := tar.NewReader(zr)
+	for {
+		hdr, err := lr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries["/"+strings.TrimSuffix(hdr.Name, "/")] = hdr
+	}
+	return entries, config
+}
+
+func mustJSON(t *testing.T, b []byte, v any) {
+	t.Helper()
+	if err := json.Unmarshal(b, v); err != nil {
+		t.Fatalf("decoding %q: %v", b, err)
+	}
+}
+
+func TestBuildKitImageLayout(t *testing.T) {
+	bb := needBusybox(t)
+	img, err := buildKitImage(fakeBin(t), bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "buildkit.tar")
+	if err := writeImage(out, img, "test"); err != nil {
+		t.Fatal(err)
+	}
+	entries, config := layerEntries(t, out)
+
+	for p, typ := range map[string]byte{
+		"/usr/bin/buildkitd":     tar.TypeReg,
+		"/usr/bin/buildctl":      tar.TypeReg,
+		"/usr/bin/runc":          tar.TypeReg,
+		"/usr/bin/buildkit-runc": tar.TypeSymlink,
+		"/bin/busybox":           tar.TypeReg,
+		"/bin/sh":                tar.TypeSymlink,
+		"/usr/bin/awk":           tar.TypeSymlink,
+		"/usr/bin/[":             tar.TypeSymlink,
+		"/tmp":                   tar.TypeDir,
+		"/var/lib/buildkit":      tar.TypeDir,
+		"/run/buildkit":          tar.TypeDir,
+		"/etc/buildkit":          tar.TypeDir,
+		"/root":                  tar.TypeDir,
+		"/etc/passwd":            tar.TypeReg,
+		"/etc/group":             tar.TypeReg,
+		"/etc/nsswitch.conf":     tar.TypeReg,
+	} {
+		hdr, ok := entries[p]
+		if !ok {
+			t.Errorf("%s missing from the BuildKit image", p)
+			continue
+		}
+		if hdr.Typeflag != typ {
+			t.Errorf("%s: type %q, want %q", p, hdr.Typeflag, typ)
+		}
+	}
+	if m := entries["/tmp"].Mode; m != 0o1777 {
+		t.Errorf("/tmp mode %o, want 1777", m)
+	}
+	for _, a := range busyboxApplets {
+		found := false
+		for _, dir := range []string{"/bin/", "/sbin/", "/usr/bin/", "/usr/sbin/"} {
+			if hdr, ok := entries[dir+a]; ok && hdr.Linkname == "/bin/busybox" {
+				found = true
+			}
+		}
+		if !found {
+			t.Errorf("applet %s not linked to /bin/busybox", a)
+		}
+	}
+	if got := config.Config.Entrypoint; len(got) != 1 || got[0] != "buildkitd" {
+		t.Errorf("entrypoint %q", got)
+	}
+	if config.OS != "linux" || config.Architecture != "amd64" {
+		t.Errorf("platform %s/%s", config.OS, config.Architecture)
+	}
+}
+
+func TestBuildKitImageNeedsBinaries(t *testing.T) {
+	bb := needBusybox(t)
+	_, err := buildKitImage(t.TempDir(), bb)
+	if err == nil || !strings.Contains(err.Error(), "build-tools.sh") {
+		t.Fatalf("error %v, want one that points at build-tools.sh", err)
+	}
+}
+
+func TestWriteImageReusesUnchangedInputs(t *testing.T) {
+	dir := t.TempDir()
+	pause := filepath.Join(dir, "pause")
+	if err := os.WriteFile(pause, []byte("v1"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "pause.tar")
+	img := pauseImage(pause)
+	if err := writeImage(out, img, "src"); err != nil {
+		t.Fatal(err)
+	}
+	// Make the archive recognisable: if writeImage rewrote it, the marker would be gone.
+	marker := []byte("untouched")
+	if err := os.WriteFile(out, marker, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeImage(out, img, "src"); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(out); !bytes.Equal(b, marker) {
+		t.Fatal("unchanged inputs rewrote the archive")
+	}
+
+	// A changed host file, then changed sources, must each rewrite it.
+	if err := os.WriteFile(pause, []byte("v2"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct{ what, src string }{{"host file", "src"}, {"sources", "src2"}} {
+		if err := writeImage(out, img, step.src); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(out); bytes.Equal(b, marker) {
+			t.Fatalf("a changed %s did not rewrite the archive", step.what)
+		}
+		if err := os.WriteFile(out, marker, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,165 @@
+package k8sprov
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
+)
+
+// TeardownOptions tune Teardown.
+type TeardownOptions struct {
+	// Wait blocks until the pods are gone (their preStop hooks have run).
+	Wait bool
+	// Timeout bounds the whole teardown; zero means 60 seconds.
+	Timeout time.Duration
+	// GracePeriod overrides the pods' termination grace period; nil keeps theirs, so the preStop
+	// hook can let running builds finish.
+	GracePeriod *int64
+}
+
+// TeardownReport lists what Teardown deleted and what it refused to touch, and why.
+type TeardownReport struct {
+	Deleted []string
+	Skipped []string
+}
+
+// Teardown deletes exactly the pods and Secret of one job key in ns. It lists by the job-key
+// label, then checks each object again before deleting it: it must carry the managed-by label
+// and that job key, and, when owner is given, an owner reference to that pod's UID. Deletes are
+// conditional on the object's UID, so an object replaced meanwhile is left alone. NotFound is
+// success: teardown is safe to run twice, late, or after a crash.
+func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner *RunnerPod, opts TeardownOptions) (TeardownReport, error) {
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = 60 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var report TeardownReport
+	var errs []error
+	selector := metav1.ListOptions{LabelSelector: JobSelector(key)}
+
+	pods, err := p.Client.CoreV1().Pods(ns).List(ctx, selector)
+	if err != nil {
+		return report, explainAPIError(err, "list", "pods", ns, "listing the job's builder pods")
+	}
+	var deletedPods []types.UID
+	for i := range pods.Items {
+		pod := &pods.Items[i]
+		if why := refuseDelete(pod, key, owner); why != "" {
+			report.Skipped = append(report.Skipped, "pod/"+pod.Name+": "+why)
+			continue
+		}
+		err := p.Client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{
+			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+			GracePeriodSeconds: opts.GracePeriod,
+		})
+		switch {
+		case err == nil:
+			report.Deleted = append(report.Deleted, "pod/"+pod.Name)
+			deletedPods = append(deletedPods, pod.UID)
+		case apierrors.IsNotFound(err):
+		case apierrors.IsConflict(err):
+			report.Skipped = append(report.Skipped, "pod/"+pod.Name+": replaced by another object of that name")
+		default:
+			errs = append(errs, explainAPIError(err, "delete", "pods", ns, "deleting builder pod "+pod.Name))
+		}
+	}
+	secrets, err := p.Client.CoreV1().Secrets(ns).List(ctx, selector)
+	if err != nil {
+		errs = append(errs, explainAPIError(err, "list", "secrets", ns, "listing the job's Secrets"))
+	} else {
+		for i := range secrets.Items {
+			secret := &secrets.Items[i]
+			if why := refuseDelete(secret, key, owner); why != "" {
+				report.Skipped = append(report.Skipped, "secret/"+secret.Name+": "+why)
+				continue
+			}
+			err := p.Client.CoreV1().Secrets(ns).Delete(ctx, secret.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &secret.UID}})
+			switch {
+			case err == nil:
+				report.Deleted = append(report.Deleted, "secret/"+secret.Name)
+			case apierrors.IsNotFound(err):
+			case apierrors.IsConflict(err):
+				report.Skipped = append(report.Skipped, "secret/"+secret.Name+": replaced by another object of that name")
+			default:
+				errs = append(errs, explainAPIError(err, "delete", "secrets", ns, "deleting Secret "+secret.Name))
+			}
+		}
+	}
+	if opts.Wait && len(deletedPods) > 0 {
+		if err := p.waitPodsGone(ctx, ns, key, deletedPods); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return report, errors.Join(errs...)
+}
+
+// refuseDelete says why obj must not be deleted as part of job key's teardown, or "" if it may.
+func refuseDelete(obj metav1.Object, key JobKey, owner *RunnerPod) string {
+	if !IsManaged(obj) {
+		return "not managed by setup-ephemeral-buildkit"
+	}
+	if got := obj.GetLabels()[LabelJobKey]; got != string(key) {
+		return fmt.Sprintf("belongs to job %s", got)
+	}
+	if owner != nil {
+		for _, ref := range obj.GetOwnerReferences() {
+			if ref.Kind == "Pod" && ref.UID == owner.UID {
+				return ""
+			}
+		}
+		return fmt.Sprintf("not owned by runner pod %s (uid %s)", owner.Name, owner.UID)
+	}
+	return ""
+}
+
+// waitPodsGone watches until none of the given pods exists.
+func (p *Provisioner) waitPodsGone(ctx context.Context, ns string, key JobKey, uids []types.UID) error {
+	remaining := map[types.UID]bool{}
+	for _, uid := range uids {
+		remaining[uid] = true
+	}
+	list, err := p.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(key)})
+	if err != nil {
+		return explainAPIError(err, "list", "pods", ns, "waiting for builder pods to go")
+	}
+	present := map[types.UID]bool{}
+	for _, pod := range list.Items {
+		present[pod.UID] = true
+	}
+	for uid := range remaining {
+		if !present[uid] {
+			delete(remaining, uid)
+		}
+	}
+	if len(remaining) == 0 {
+		return nil
+	}
+	w, err := p.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: JobSelector(key), ResourceVersion: list.ResourceVersion})
+	if err != nil {
+		return explainAPIError(err, "watch", "pods", ns, "waiting for builder pods to go")
+	}
+	defer w.Stop()
+	for len(remaining) > 0 {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %d builder pod(s) to go: %w", len(remaining), ctx.Err())
+		case ev, ok := <-w.ResultChan():
+			if !ok {
+				return fmt.Errorf("watch closed while waiting for builder pods to go")
+			}
+			if pod, isPod := ev.Object.(*corev1.Pod); isPod && ev.Type == watch.Deleted {
+				delete(remaining, pod.UID)
+			}
+		}
+	}
+	return nil
+}
