@@ -205,9 +205,15 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (result *Result,
 		eventCh = eventWatch.ResultChan()
 	}
 	scaleUp := map[string]bool{}
+	var verifyErrs sync.Map // pod name -> last error reaching the builder, for the timeout message
 	for ready < len(pods) {
 		select {
 		case <-ctx.Done():
+			for i, b := range builders {
+				if v, ok := verifyErrs.Load(b.Pod); ok && b.Ready.IsZero() {
+					lastState[i] += fmt.Sprintf(" (last attempt to reach buildkitd: %v)", v)
+				}
+			}
 			return nil, p.timeoutError(ctx, plan, builders, lastState)
 		case v := <-verifiedCh:
 			b := &builders[v.index]
@@ -271,7 +277,7 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (result *Result,
 				b.Endpoint = Endpoint(pod.Status.PodIP)
 				b.Node = pod.Spec.NodeName
 				go func(i int, pl platform.Platform, endpoint string) {
-					report, err := p.verifyUntilAnswer(ctx, endpoint, tlsConfig)
+					report, err := p.verifyUntilAnswer(ctx, endpoint, tlsConfig, func(err error) { verifyErrs.Store(pods[i].Name, err) })
 					if err == nil && !pl.ServedBy(report.Platforms) {
 						err = fmt.Errorf("BuildKit at %s reports platforms %s, not %s: the node selector for %s picked a node of another architecture",
 							endpoint, formatOCIPlatforms(report.Platforms), pl, pl)
@@ -290,7 +296,7 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (result *Result,
 // verifyUntilAnswer calls ListWorkers until the builder answers or ctx ends. This polls the
 // builder, not the API server: buildkitd opens its port about a second after the container
 // starts, and there is no event for that.
-func (p *Provisioner) verifyUntilAnswer(ctx context.Context, endpoint string, tlsConfig *tls.Config) (WorkerReport, error) {
+func (p *Provisioner) verifyUntilAnswer(ctx context.Context, endpoint string, tlsConfig *tls.Config, failed func(error)) (WorkerReport, error) {
 	verify := p.Verify
 	if verify == nil {
 		verify = ListWorkers
@@ -306,6 +312,7 @@ func (p *Provisioner) verifyUntilAnswer(ctx context.Context, endpoint string, tl
 		if err == nil {
 			return report, nil
 		}
+		failed(err)
 		select {
 		case <-ctx.Done():
 			return WorkerReport{}, fmt.Errorf("builder at %s never answered: %w", endpoint, err)

@@ -1,12 +1,14 @@
 package k8sprov
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -204,11 +206,14 @@ func PodName(key JobKey, p platform.Platform) string {
 	return "buildkit-" + string(key) + "-" + p.Slug()
 }
 
-// SecretName returns the name of the job's Secret, "buildkit-<jobkey>-tls".
-func (p Plan) SecretName() string { return SecretName(p.Key) }
-
-// SecretName returns the name of the Secret of job key.
-func SecretName(key JobKey) string { return "buildkit-" + string(key) + "-tls" }
+// SecretName returns the name of this attempt's Secret, "buildkit-<jobkey>-<nonce>-tls". The
+// nonce comes from the plan's creation time: a retry of the same job gets a new Secret name, so a
+// kubelet that still caches the killed attempt's (immutable) Secret for a terminating pod can
+// never hand the old certificates to the new pod. Teardown finds Secrets by label, not by name.
+func (p Plan) SecretName() string {
+	sum := sha256.Sum256([]byte(p.CreatedAt.UTC().Format(time.RFC3339Nano)))
+	return "buildkit-" + string(p.Key) + "-" + strings.ToLower(jobKeyEncoding.EncodeToString(sum[:])[:5]) + "-tls"
+}
 
 // JobSelector returns the label selector matching exactly the objects of job key.
 func JobSelector(key JobKey) string {
