@@ -41,9 +41,9 @@ exec 9>"$CACHE_DIR/.build-tools.lock"
 flock 9
 
 command -v "$GO" >/dev/null 2>&1 || die "Go toolchain '$GO' not found in PATH"
-GO_VERSION=$("$GO" env GOVERSION)
-GOHOSTOS=$("$GO" env GOOS)
-GOHOSTARCH=$("$GO" env GOARCH)
+if ! { GO_VERSION=$("$GO" env GOVERSION) && GOHOSTOS=$("$GO" env GOOS) && GOHOSTARCH=$("$GO" env GOARCH); }; then
+	die "'$GO env' failed"
+fi
 # Keep whatever GOFLAGS the machine sets (e.g. -buildvcs=false) and make module resolution
 # explicit: the scratch modules are tidied, so readonly resolution must succeed; a drift fails
 # loudly instead of silently rewriting go.mod/go.sum in the work tree.
@@ -221,7 +221,7 @@ for tool in $TOOLS; do
 		reused=$((reused + 1))
 		continue
 	fi
-	echo "build-tools.sh: $tool: building ($(outputs_$tool))..."
+	echo "build-tools.sh: $tool: building ($("outputs_$tool"))..."
 	start=$(now)
 	out=$(mktemp -d "$WORK_DIR/$tool.XXXXXX")
 	# The stamp goes first and comes back only after a complete install, so an interrupted or
