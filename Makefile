@@ -50,6 +50,10 @@ unit: ## unit tests only (no cluster)
 test: images
 	hack/test.sh
 
+.PHONY: bench
+bench: images ## provision/teardown and concurrency benchmarks against the local cluster
+	hack/with-cluster.sh $(GO) test -run '^$$' -bench Integration -benchtime 3x ./internal/k8sprov/
+
 .PHONY: demo
 demo: images
 	hack/demo.sh

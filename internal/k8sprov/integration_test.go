@@ -45,7 +45,9 @@ func archSelectors(c *localcluster.Cluster) string {
 	return "linux/amd64=" + c.Info.ArchNodeLabels["amd64"] + ";linux/arm64=kubernetes.io/arch-," + c.Info.ArchNodeLabels["arm64"]
 }
 
-func newJobEnv(t *testing.T, ctx context.Context) *jobEnv {
+func newJobEnv(t *testing.T, ctx context.Context) *jobEnv { return newJobEnvB(t, ctx) }
+
+func newJobEnvB(t testing.TB, ctx context.Context) *jobEnv {
 	t.Helper()
 	c := localcluster.ForTest(t)
 	admin := kubernetes.NewForConfigOrDie(c.AdminConfig())
@@ -86,7 +88,7 @@ type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-func waitDefaultServiceAccount(t *testing.T, ctx context.Context, admin kubernetes.Interface, ns string) {
+func waitDefaultServiceAccount(t testing.TB, ctx context.Context, admin kubernetes.Interface, ns string) {
 	t.Helper()
 	w, err := admin.CoreV1().ServiceAccounts(ns).Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", "default").String()})
 	if err != nil {
@@ -106,7 +108,7 @@ func waitDefaultServiceAccount(t *testing.T, ctx context.Context, admin kubernet
 
 // applyShippedRBAC creates the Role and RoleBinding from deploy/rbac.yaml, bound to sa: the
 // tests run with exactly the rights users grant.
-func applyShippedRBAC(t *testing.T, ctx context.Context, admin kubernetes.Interface, ns, sa string) {
+func applyShippedRBAC(t testing.TB, ctx context.Context, admin kubernetes.Interface, ns, sa string) {
 	t.Helper()
 	data, err := os.ReadFile("../../deploy/rbac.yaml")
 	if err != nil {
@@ -144,7 +146,9 @@ func applyShippedRBAC(t *testing.T, ctx context.Context, admin kubernetes.Interf
 }
 
 // plan builds a plan for this env's runner pod with the given inputs.
-func (e *jobEnv) plan(t *testing.T, jobID string, in Inputs) Plan {
+func (e *jobEnv) plan(t *testing.T, jobID string, in Inputs) Plan { return e.planB(t, jobID, in) }
+
+func (e *jobEnv) planB(t testing.TB, jobID string, in Inputs) Plan {
 	t.Helper()
 	if in.NodeSelectors == "" {
 		in.NodeSelectors = archSelectors(e.cluster)
@@ -166,11 +170,13 @@ func (e *jobEnv) plan(t *testing.T, jobID string, in Inputs) Plan {
 	return plan
 }
 
-func (e *jobEnv) provisioner(t *testing.T) *Provisioner {
-	return &Provisioner{
-		Client:   kubernetes.NewForConfigOrDie(e.saConfig),
-		Progress: func(p Progress) { t.Logf("%s %s: %s", p.Platform, p.Pod, p.Message) },
+// provisioner logs progress to t; a nil t (benchmarks) discards it.
+func (e *jobEnv) provisioner(t testing.TB) *Provisioner {
+	prov := &Provisioner{Client: kubernetes.NewForConfigOrDie(e.saConfig)}
+	if t != nil {
+		prov.Progress = func(p Progress) { t.Logf("%s %s: %s", p.Platform, p.Pod, p.Message) }
 	}
+	return prov
 }
 
 func TestIntegrationProvisionTwoArchesOverMutualTLS(t *testing.T) {
