@@ -4,6 +4,6 @@
 package tools
 
 import (
-	_ "github.com/moby/buildkit/cmd/buildkitd"
 	_ "github.com/moby/buildkit/cmd/buildctl"
+	_ "github.com/moby/buildkit/cmd/buildkitd"
 )
