@@ -57,3 +57,18 @@ bench: images ## provision/teardown and concurrency benchmarks against the local
 .PHONY: demo
 demo: images
 	hack/demo.sh
+
+# The action's binaries, one per runner architecture, for dist/index.js to start. Reproducible:
+# no cgo, no build paths, no VCS stamp; only the source and VERSION decide the bytes. They are
+# build outputs (.gitignore); release commits carry them (README, "Releasing the action").
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+DIST_ARCHS ?= amd64 arm64
+
+.PHONY: dist
+dist: ## dist/setup-ephemeral-buildkit-linux-{amd64,arm64}, version-stamped
+	for arch in $(DIST_ARCHS); do \
+	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -buildvcs=false \
+	    -ldflags "-s -w -buildid= -X main.version=$(VERSION)" \
+	    -o dist/setup-ephemeral-buildkit-linux-$$arch ./cmd/setup-ephemeral-buildkit; \
+	done
+	@ls -l dist/setup-ephemeral-buildkit-linux-*

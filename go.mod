@@ -3,7 +3,9 @@ module github.com/org/setup-ephemeral-buildkit
 go 1.26.8
 
 require (
+	github.com/google/go-github/v89 v89.0.0
 	github.com/moby/buildkit v0.34.2
+	gitlab.com/gitlab-org/api/client-go/v2 v2.64.0
 	k8s.io/client-go v0.37.0
 )
 
@@ -43,9 +45,12 @@ require (
 	github.com/go-openapi/swag/yamlutils v0.28.0 // indirect
 	github.com/gofrs/flock v0.13.1 // indirect
 	github.com/google/gnostic-models v0.7.0 // indirect
+	github.com/google/go-querystring v1.2.0 // indirect
 	github.com/google/shlex v0.0.0-20191202100458-e7afc7fbc510 // indirect
 	github.com/google/uuid v1.6.0 // indirect
 	github.com/grpc-ecosystem/grpc-gateway/v2 v2.30.0 // indirect
+	github.com/hashicorp/go-cleanhttp v0.5.2 // indirect
+	github.com/hashicorp/go-retryablehttp v0.7.8 // indirect
 	github.com/in-toto/attestation v1.2.0 // indirect
 	github.com/in-toto/in-toto-golang v0.11.0 // indirect
 	github.com/json-iterator/go v1.1.12 // indirect

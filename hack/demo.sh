@@ -1,22 +1,211 @@
 #!/usr/bin/env bash
-# make demo: the main job on an embedded default. Today it brings the local cluster up, shows it
-# working, and says what is still missing; see README.md.
+# make demo: the product's main job on the local cluster. It starts the cluster, creates a runner
+# pod with the ServiceAccount and Role users bind (deploy/rbac.yaml), runs
+# examples/workflows/multi-arch-oci.yml under act in host mode as if inside that pod (the real
+# action.yml, dist/index.js shim and binary), which gives the job a BuildKit pod per architecture
+# and builds examples/app for linux/amd64 and linux/arm64 into OCI archives; it shows the
+# builders while they run, checks that everything is gone afterwards, stops the cluster and
+# prints a timing table. The cluster is always stopped, whatever happens.
+#
+# DEMO_REUSE_CLUSTER=1 runs the demo against an already running cluster (make cluster-up) and
+# leaves it running, deleting only the demo's namespace: for working on the demo itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CACHE_DIR:?set by the Makefile}" "${CLUSTER_DIR:?set by the Makefile}"
+ROOT=$(pwd)
+export PATH="$CACHE_DIR/bin:$PATH"
+NS=demo
+MANAGED=app.kubernetes.io/managed-by=setup-ephemeral-buildkit
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/seb-demo.XXXXXX")
+ACT_PID=
+REUSE=${DEMO_REUSE_CLUSTER:-}
+
+now() { date +%s%N; }
+# seconds FROM TO prints the time between two `now`s in seconds, one decimal.
+seconds() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1e9 }'; }
+# go_seconds DURATION prints a Go duration as act logs it (4.42s, 460.19ms) in seconds.
+go_seconds() {
+	awk -v d="$1" 'BEGIN {
+		if (d ~ /ms$/) { sub(/ms$/, "", d); printf "%.1f", d / 1000 }
+		else if (d ~ /(µs|us)$/) { printf "0.0" }
+		else if (d ~ /m[0-9.]+s$/) { split(d, p, "m"); sub(/s$/, "", p[2]); printf "%.1f", p[1] * 60 + p[2] }
+		else { sub(/s$/, "", d); printf "%.1f", d }
+	}'
+}
+step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
 go build -o "$CACHE_DIR/bin/localcluster" ./hack/cmd/localcluster
-"$CACHE_DIR/bin/localcluster" up -bin "$CACHE_DIR/bin" -images "$CACHE_DIR/images" -state "$CLUSTER_DIR"
+cluster=("$CACHE_DIR/bin/localcluster")
+cluster_up=false
+
+finish() {
+	local status=$?
+	if [[ -n $ACT_PID ]] && kill -0 "$ACT_PID" 2>/dev/null; then
+		kill -TERM -- "-$ACT_PID" 2>/dev/null || true
+		wait "$ACT_PID" 2>/dev/null || true
+	fi
+	if [[ $status -ne 0 && -f $WORK/act.log ]]; then
+		echo "==== the workflow's log"; cat "$WORK/act.log"
+	fi
+	if [[ -n $REUSE ]]; then
+		kubectl --kubeconfig="$CLUSTER_DIR/admin.kubeconfig" delete namespace "$NS" --ignore-not-found --wait=false >/dev/null || status=1
+	elif $cluster_up; then
+		"${cluster[@]}" down -state "$CLUSTER_DIR" || status=1
+	fi
+	rm -rf "$WORK"
+	exit "$status"
+}
+trap finish EXIT
+
+step "Starting the local cluster"
+t_start=$(now)
+cluster_up=true
+if [[ -z $REUSE ]]; then
+	"${cluster[@]}" up -bin "$CACHE_DIR/bin" -images "$CACHE_DIR/images" -state "$CLUSTER_DIR"
+fi
+t_cluster=$(now)
 export KUBECONFIG="$CLUSTER_DIR/admin.kubeconfig"
 kubectl get nodes -o wide
-cat <<MSG
 
-The local cluster is up. Use it with:
-  export KUBECONFIG=$KUBECONFIG
-  kubectl get pods -A
-Stop it and remove every trace with:
-  make cluster-down
+step "Building the action (make dist for this machine's architecture) and the example app"
+ARCH=$(go env GOARCH)
+make --no-print-directory dist DIST_ARCHS="$ARCH"
+mkdir -p "$WORK/action/dist" "$WORK/repo/bin" "$WORK/oci" "$WORK/act" "$WORK/home/docker"
+cp action.yml "$WORK/action/"
+cp dist/index.js "dist/setup-ephemeral-buildkit-linux-$ARCH" "$WORK/action/dist/"
+cp examples/app/Dockerfile "$WORK/repo/"
+for arch in amd64 arm64; do
+	CGO_ENABLED=0 GOOS=linux GOARCH=$arch go build -trimpath -o "$WORK/repo/bin/hello-$arch" ./examples/app
+done
+git -C "$WORK/repo" init -q -b main
+git -C "$WORK/repo" add -A
+git -C "$WORK/repo" -c user.name=demo -c user.email=demo@example.invalid commit -q -m "example app"
+ln -s "$CACHE_DIR/docker/cli-plugins" "$WORK/home/docker/cli-plugins"
 
-Not yet part of the demo: provisioning builders with the setup-ephemeral-buildkit binary, the
-multi-arch docker buildx build and the timing table (issues 3 and 4).
-MSG
+step "Creating the runner pod, its ServiceAccount and the Role from deploy/rbac.yaml in namespace $NS"
+kubectl create namespace "$NS"
+until kubectl -n "$NS" get serviceaccount default >/dev/null 2>&1; do sleep 0.2; done
+kubectl -n "$NS" create serviceaccount runner
+kubectl -n "$NS" apply -f deploy/rbac.yaml
+kubectl -n "$NS" apply -f - <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: runner
+  labels: {app: demo-runner}
+spec:
+  serviceAccountName: runner
+  containers:
+    - name: runner
+      image: $(jq -r .images.pause "$CLUSTER_DIR/cluster.json")
+      imagePullPolicy: Never
+EOF
+kubectl -n "$NS" wait --for=condition=Ready pod/runner --timeout=60s
+# The job talks to the API server as the runner pod's ServiceAccount, with the Role's rights only.
+RUNNER_KUBECONFIG=$WORK/runner.kubeconfig
+kubectl config --kubeconfig="$RUNNER_KUBECONFIG" set-cluster local \
+	--server="$(jq -r .server "$CLUSTER_DIR/cluster.json")" --certificate-authority="$(jq -r .caFile "$CLUSTER_DIR/cluster.json")" >/dev/null
+kubectl config --kubeconfig="$RUNNER_KUBECONFIG" set-credentials runner --token="$(kubectl -n "$NS" create token runner --duration=1h)" >/dev/null
+kubectl config --kubeconfig="$RUNNER_KUBECONFIG" set-context runner --cluster=local --user=runner --namespace="$NS" >/dev/null
+kubectl config --kubeconfig="$RUNNER_KUBECONFIG" use-context runner >/dev/null
+
+step "Running examples/workflows/multi-arch-oci.yml under act, as a job in runner pod $NS/runner"
+# Host mode (-P arc-runners=-self-hosted): the steps run as processes here, as in a runner pod.
+# org/setup-ephemeral-buildkit@v1 is served from the staged checkout, actions/checkout of the
+# local repository is skipped, nothing is pulled, no update check: nothing leaves this machine.
+# The node selector maps arm64 onto the one amd64 node, where qemu runs it.
+NODE_SELECTOR="linux/amd64=$(jq -r .archNodeLabels.amd64 "$CLUSTER_DIR/cluster.json");linux/arm64=kubernetes.io/arch-,$(jq -r .archNodeLabels.arm64 "$CLUSTER_DIR/cluster.json")"
+t_job=$(now)
+(
+	cd "$WORK/repo"
+	exec env -i PATH="$PATH" HOME="$WORK/home" TMPDIR="${TMPDIR:-/tmp}" \
+		KUBECONFIG="$RUNNER_KUBECONFIG" DOCKER_CONFIG="$WORK/home/docker" BUILDKIT_PROGRESS=plain \
+		ACT_DISABLE_VERSION_CHECK=1 GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 \
+		setsid act push -W "$ROOT/examples/workflows/multi-arch-oci.yml" \
+		-P arc-runners=-self-hosted --action-offline-mode --pull=false --no-cache-server \
+		--action-cache-path "$WORK/act" \
+		--local-repository "org/setup-ephemeral-buildkit@v1=$WORK/action" \
+		--env ACTIONS_RUNNER_POD_NAME=runner \
+		--var BUILDKIT_NODE_SELECTOR="$NODE_SELECTOR" --var OCI_DIR="$WORK/oci"
+) >"$WORK/act.log" 2>&1 &
+ACT_PID=$!
+
+# Show the builders while the job runs.
+until [[ $(kubectl -n "$NS" get pods -l "$MANAGED" --field-selector=status.phase=Running -o name 2>/dev/null | wc -l) -ge 2 ]]; do
+	kill -0 "$ACT_PID" 2>/dev/null || break
+	sleep 0.2
+done
+step "The job's builders (kubectl get pods -o wide), next to the runner pod"
+kubectl -n "$NS" get pods -o wide -L setup-ephemeral-buildkit.io/arch
+
+job_status=0
+wait "$ACT_PID" || job_status=$?
+ACT_PID=
+REUSE=${DEMO_REUSE_CLUSTER:-}
+t_job_end=$(now)
+step "The workflow's log"
+sed -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' "$WORK/act.log"
+if [[ $job_status -ne 0 ]]; then
+	echo "demo: the workflow failed (exit $job_status)" >&2
+	exit 1
+fi
+
+step "After the job: waiting for the builder pods to finish their drain and go"
+t_post_end=$(now)
+until [[ -z $(kubectl -n "$NS" get pods,secrets -l "$MANAGED" -o name) ]]; do sleep 0.2; done
+t_gone=$(now)
+kubectl -n "$NS" get pods,secrets
+if ! grep -q 'Removed builder .* and everything it used' "$WORK/act.log"; then
+	echo "demo: the post step did not report a complete cleanup" >&2
+	exit 1
+fi
+echo "No builder pod and no Secret left; the post step removed the buildx builder and the certificate files."
+
+step "The OCI archives: one image per platform, and what their RUN steps recorded"
+for archive in "$WORK"/oci/app-linux-*.tar; do
+	blob() { tar -xOf "$archive" "blobs/sha256/${1#sha256:}"; }
+	top=$(tar -xOf "$archive" index.json | jq -r '.manifests[0].digest')
+	manifest=$top
+	if [[ $(blob "$top" | jq -r '.mediaType') == *index* ]]; then
+		manifest=$(blob "$top" | jq -r '[.manifests[] | select(.platform.architecture != "unknown")][0].digest')
+	fi
+	config=$(blob "$manifest" | jq -r '.config.digest')
+	layer=$(blob "$manifest" | jq -r '.layers[-1].digest')
+	printf '%-24s %-12s %s' "$(basename "$archive")" "$(blob "$config" | jq -r '.os + "/" + .architecture')" \
+		"$(blob "$layer" | tar -xzO build-info.txt)"
+	echo
+done
+
+step "Stopping the cluster"
+t_down=$(now)
+if [[ -z $REUSE ]]; then
+	"${cluster[@]}" down -state "$CLUSTER_DIR"
+fi
+cluster_up=false
+t_down_end=$(now)
+
+log=$(sed -e 's/\x1b\[[0-9;?]*[A-Za-z]//g' "$WORK/act.log")
+ready=$(grep -oE 'Builder [^ ]+ is ready in [0-9.]+s' <<<"$log" | grep -oE '[0-9.]+s$' | tr -d s)
+main_step=$(grep -oE 'Success - Main org/setup-ephemeral-buildkit@v1 \[[^]]+\]' <<<"$log" | grep -oE '\[[^]]+\]' | tr -d '[]')
+post_step=$(grep -oE 'Success - Post org/setup-ephemeral-buildkit@v1 \[[^]]+\]' <<<"$log" | grep -oE '\[[^]]+\]' | tr -d '[]')
+step "Timings"
+row() { printf '%-62s %8s\n' "$1" "$2"; }
+{
+	row "phase" "seconds"
+	row "cluster up (processes started, node Ready)" "$(seconds "$t_start" "$t_cluster")"
+	for platform in linux/amd64 linux/arm64; do
+		row "provision: $platform builder, pod created -> answers mTLS" \
+			"$(grep -oE "$platform: tcp://[^ ]+ \(pod [^)]*\), ready in [0-9.]+s" <<<"$log" | grep -oE '[0-9.]+s$' | tr -d s)"
+	done
+	row "provision: main step (runner pod, builders, buildx builder)" "$ready"
+	row "provision: main step as act timed it (+ action copy, start)" "$(go_seconds "$main_step")"
+	for platform in linux/amd64 linux/arm64; do
+		row "build $platform (both at once, each on its own builder)" \
+			"$(go_seconds "$(grep -oE "built $platform in [0-9.]+s" <<<"$log" | grep -oE '[0-9.]+s$')")"
+	done
+	row "cleanup: post step (buildx rm, pods and Secret, files)" "$(go_seconds "$post_step")"
+	row "cleanup: builder pods gone after the job (preStop drain)" "$(seconds "$t_post_end" "$t_gone")"
+	row "whole workflow under act" "$(seconds "$t_job" "$t_job_end")"
+	row "cluster down" "$(seconds "$t_down" "$t_down_end")"
+	row "demo total" "$(seconds "$t_start" "$t_down_end")"
+}

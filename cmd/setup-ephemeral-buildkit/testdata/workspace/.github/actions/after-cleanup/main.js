@@ -1,0 +1,1 @@
+// Nothing to do before the job: the post step is what counts.

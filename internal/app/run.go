@@ -1,0 +1,387 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+)
+
+// Exit codes of the program.
+const (
+	ExitOK    = 0
+	ExitError = 1
+	ExitUsage = 2
+)
+
+// exitError carries an exit code and whether the error was already shown to the user.
+type exitError struct {
+	code     int
+	reported bool
+	err      error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// ExitCode maps Run's error to the process's exit code.
+func ExitCode(err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		return ee.code
+	}
+	return ExitError
+}
+
+// Reported tells whether Run already showed err to the user (as a workflow error annotation or
+// usage text), so main need not print it again.
+func Reported(err error) bool {
+	var ee *exitError
+	return errors.As(err, &ee) && ee.reported
+}
+
+// Run is the whole program. Started by the GitHub runner (GITHUB_ACTIONS=true, no arguments),
+// it is the action's main step, or its post step once the main step saved state. Otherwise
+// args[0] is a CLI verb:
+//
+//	up     start the builders and print `export NAME='value'` lines for eval
+//	down   remove them again
+//	env    print the export lines of the builders that are up
+//	gc     remove builders of finished jobs in a namespace (the janitor)
+//
+// Run returns an error for a failed job phase; ExitCode maps it to the exit code.
+func Run(ctx context.Context, args []string, deps Deps) error {
+	d := deps.withDefaults()
+	if len(args) == 0 && d.Getenv("GITHUB_ACTIONS") == "true" {
+		return runGitHub(ctx, d)
+	}
+	if len(args) == 0 {
+		usage(d.Stderr)
+		return &exitError{code: ExitUsage, reported: true, err: errors.New("no command given")}
+	}
+	verb, rest := args[0], args[1:]
+	switch verb {
+	case "up":
+		return runUp(ctx, rest, d)
+	case "down":
+		return runDown(ctx, rest, d)
+	case "env":
+		return runEnv(rest, d)
+	case "gc":
+		return runGC(ctx, rest, d)
+	case "version", "--version":
+		_, err := fmt.Fprintf(d.Stdout, "setup-ephemeral-buildkit %s\n", d.Version)
+		return err
+	case "help", "-h", "-help", "--help":
+		usage(d.Stdout)
+		return nil
+	}
+	usage(d.Stderr)
+	return &exitError{code: ExitUsage, reported: true, err: fmt.Errorf("unknown command %q", verb)}
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `Usage: setup-ephemeral-buildkit COMMAND [FLAGS]
+
+Gives a CI job (or you) its own BuildKit builder per CPU architecture in Kubernetes, registered
+as a docker buildx builder with one node per platform.
+
+Commands:
+  up       start the builders; prints export lines:  eval "$(setup-ephemeral-buildkit up --platforms linux/amd64,linux/arm64)"
+  down     remove the builders, their Secret, the buildx builder and the certificate files
+  env      print the export lines of the builders that are up
+  gc       remove builders of finished jobs in a namespace (expired, or runner pod gone)
+  version  print the version
+
+Run "setup-ephemeral-buildkit COMMAND -h" for the flags of a command. Started by the GitHub
+Actions runner without a command, it is the action's main or post step.
+`)
+}
+
+// runGitHub is the action: main step, or post step when the main step saved state.
+func runGitHub(ctx context.Context, d Deps) error {
+	gh := ci.NewGitHub(ci.WithGetenv(d.Getenv), ci.WithWriter(d.Stdout))
+	if gh.IsPost() {
+		return Post(ctx, gh, d)
+	}
+	if err := Main(ctx, gh, d); err != nil {
+		gh.Errorf("%v", err)
+		return &exitError{code: ExitError, reported: true, err: err}
+	}
+	return nil
+}
+
+// inputFlag describes one input as a CLI flag.
+type inputFlag struct {
+	name, usage string
+	boolean     bool
+	def         string
+}
+
+// upFlags are the inputs of `up`, the action's inputs by the same names.
+var upFlags = []inputFlag{
+	{name: InputPlatforms, usage: "platforms, comma-separated, one builder pod each (default: this machine's architecture)"},
+	{name: InputName, usage: "buildx builder name (default: derived from the job)"},
+	{name: InputNamespace, usage: "namespace of the builder pods (default: POD_NAMESPACE, the service account's, the kubeconfig context's)"},
+	{name: InputOwnerPod, usage: `pod that owns the builders, or "none" (default: discovered: ACTIONS_RUNNER_POD_NAME, POD_NAME, RUNNER_NAME, the host name)`},
+	{name: InputImage, usage: "BuildKit image"},
+	{name: InputRequests, usage: "resource requests of each builder, e.g. cpu=2,memory=4Gi"},
+	{name: InputLimits, usage: "resource limits of each builder, e.g. memory=8Gi"},
+	{name: InputNodeSelector, usage: "extra node labels per platform: PLATFORM=KEY=VALUE,...;... (KEY- removes a default label)"},
+	{name: InputTolerations, usage: "tolerations per platform: PLATFORM=KEY=VALUE:EFFECT,...;..."},
+	{name: InputTimeout, usage: "readiness timeout, e.g. 2m (default 120s)"},
+	{name: InputMaxLifetime, usage: "deadline of the builder pods and certificates, e.g. 6h"},
+	{name: InputTerminationGracePeriod, usage: "how long a deleted builder may finish running builds (default 900s)"},
+	{name: InputBuildkitdFlags, usage: "extra buildkitd flags"},
+	{name: InputBuildkitdConfig, usage: "path of a buildkitd.toml"},
+	{name: InputBuildkitdConfigInline, usage: "content of a buildkitd.toml"},
+	{name: InputLabels, usage: "extra labels on the pods and Secret, KEY=VALUE,..."},
+	{name: InputAnnotations, usage: "extra annotations on the pods and Secret, KEY=VALUE,..."},
+	{name: InputKubeconfig, usage: "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)"},
+	{name: InputRootless, usage: "run buildkitd rootless", boolean: true, def: "false"},
+	{name: InputUse, usage: "make the builder the current buildx builder and export BUILDX_BUILDER", boolean: true, def: "true"},
+	{name: InputCleanup, usage: "let down remove the builders", boolean: true, def: "true"},
+	{name: InputDebug, usage: "more log output", boolean: true, def: "false"},
+}
+
+// boolInput is a boolean flag kept as the text the inputs use.
+type boolInput struct{ value *string }
+
+func (b boolInput) String() string {
+	if b.value == nil {
+		return ""
+	}
+	return *b.value
+}
+
+func (b boolInput) Set(s string) error {
+	if _, err := strconv.ParseBool(s); err != nil {
+		return fmt.Errorf("want true or false")
+	}
+	v, _ := strconv.ParseBool(s)
+	*b.value = strconv.FormatBool(v)
+	return nil
+}
+
+func (b boolInput) IsBoolFlag() bool { return true }
+
+// jobFlags are the job identity's fields; on GitLab their defaults come from its variables.
+type jobFlags struct {
+	ciPlatform, repository, runID, jobID, jobName, commit, url string
+}
+
+func (j *jobFlags) register(fs *flag.FlagSet, d Deps) {
+	gitlab := d.Getenv("GITLAB_CI") == "true"
+	env := func(name string) string {
+		if gitlab {
+			return d.Getenv(name)
+		}
+		return ""
+	}
+	platformDefault := "shell"
+	jobDefault := ""
+	if gitlab {
+		platformDefault = "gitlab"
+		jobDefault = d.Getenv("CI_JOB_ID")
+	}
+	if jobDefault == "" {
+		host, _ := d.Hostname()
+		jobDefault = "cli@" + host
+	}
+	fs.StringVar(&j.ciPlatform, "ci-platform", platformDefault, "CI system, recorded on the builders")
+	fs.StringVar(&j.repository, "repository", env("CI_PROJECT_PATH"), "repository or project, recorded on the builders")
+	fs.StringVar(&j.runID, "run-id", env("CI_PIPELINE_ID"), "run or pipeline id")
+	fs.StringVar(&j.jobID, "job-id", jobDefault, "job id, unique among the jobs running at the same time; with the other fields it names the builders")
+	fs.StringVar(&j.jobName, "job-name", env("CI_JOB_NAME"), "job name, recorded on the builders")
+	fs.StringVar(&j.commit, "commit", env("CI_COMMIT_SHA"), "commit being built, recorded on the builders")
+	fs.StringVar(&j.url, "job-url", env("CI_JOB_URL"), "URL of the job, recorded on the builders")
+}
+
+func (j *jobFlags) identity() ci.JobIdentity {
+	return ci.JobIdentity{CIPlatform: j.ciPlatform, Repository: j.repository, RunID: j.runID, JobID: j.jobID, JobName: j.jobName, Commit: j.commit, URL: j.url}
+}
+
+// defaultStateDir is where up keeps its state when --state-dir is not given.
+func defaultStateDir(d Deps) string {
+	tmp := d.Getenv("TMPDIR")
+	if tmp == "" {
+		tmp = "/tmp"
+	}
+	return filepath.Join(tmp, fmt.Sprintf("setup-ephemeral-buildkit-%d", os.Getuid()))
+}
+
+// newFlagSet returns a flag set for verb that reports to d.Stderr.
+func newFlagSet(verb, synopsis string, d Deps) *flag.FlagSet {
+	fs := flag.NewFlagSet(verb, flag.ContinueOnError)
+	fs.SetOutput(d.Stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(d.Stderr, "Usage: setup-ephemeral-buildkit %s [FLAGS]\n\n%s\n\nFlags:\n", verb, synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args, refusing positional arguments.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return &exitError{code: ExitOK, reported: true, err: err}
+		}
+		return &exitError{code: ExitUsage, reported: true, err: err}
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return &exitError{code: ExitUsage, reported: true, err: fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
+	}
+	return nil
+}
+
+func runUp(ctx context.Context, args []string, d Deps) error {
+	fs := newFlagSet("up", "Starts one BuildKit pod per platform, registers them as a buildx builder and prints\n"+
+		"export lines for the environment (eval them). State and certificates go to --state-dir.", d)
+	inputs := map[string]string{}
+	values := map[string]*string{}
+	for _, f := range upFlags {
+		v := new(string)
+		*v = f.def
+		values[f.name] = v
+		if f.boolean {
+			fs.Var(boolInput{v}, f.name, f.usage+" (default "+f.def+")")
+		} else {
+			fs.StringVar(v, f.name, f.def, f.usage)
+		}
+	}
+	var job jobFlags
+	job.register(fs, d)
+	stateDir := fs.String("state-dir", defaultStateDir(d), "directory for state, certificates and buildx configuration")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	for name, v := range values {
+		inputs[name] = *v
+	}
+	if existing, err := ci.NewShell(ci.ShellConfig{StateDir: *stateDir}); err == nil {
+		if st, ok, _ := loadState(existing); ok && st.Ready {
+			return fmt.Errorf("builder %s is already up (state in %s): run `setup-ephemeral-buildkit down` first, or use another --state-dir", st.Builder, *stateDir)
+		}
+	}
+	if err := os.MkdirAll(*stateDir, 0o700); err != nil {
+		return fmt.Errorf("creating the state directory: %w", err)
+	}
+	sh, err := ci.NewShell(ci.ShellConfig{
+		Inputs:   inputs,
+		Job:      job.identity(),
+		StateDir: *stateDir,
+		Exports:  d.Stdout,
+		Log:      d.Stderr,
+		Debug:    inputs[InputDebug] == "true",
+	})
+	if err != nil {
+		return err
+	}
+	return Main(ctx, sh, d)
+}
+
+func runDown(ctx context.Context, args []string, d Deps) error {
+	fs := newFlagSet("down", "Removes the builders `up` started, with the state in --state-dir.", d)
+	stateDir := fs.String("state-dir", defaultStateDir(d), "the state directory given to up")
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig file (default: the one up used)")
+	jobStatus := fs.String(InputJobStatus, "", `the job's status; anything but "success" shows the builders' last log lines first`)
+	debug := "false"
+	fs.Var(boolInput{&debug}, InputDebug, "show the builders' last log lines first")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	sh, err := ci.NewShell(ci.ShellConfig{
+		Inputs:   map[string]string{InputKubeconfig: *kubeconfig, InputJobStatus: *jobStatus, InputDebug: debug},
+		Post:     true,
+		StateDir: *stateDir,
+		Log:      d.Stderr,
+		Debug:    debug == "true",
+	})
+	if err != nil {
+		return err
+	}
+	warnings := &countingLogger{Platform: sh}
+	if err := Post(ctx, warnings, d); err != nil {
+		return err
+	}
+	if warnings.warnings > 0 {
+		return fmt.Errorf("cleanup incomplete (%d warning(s) above); the state in %s is kept: run down again", warnings.warnings, *stateDir)
+	}
+	if err := os.Remove(filepath.Join(*stateDir, ci.ShellStateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("removing the state: %w", err)
+	}
+	_ = os.Remove(*stateDir) // only if empty: it may be a directory the user gave
+	return nil
+}
+
+// countingLogger counts the warnings a phase issues.
+type countingLogger struct {
+	ci.Platform
+	warnings int
+}
+
+func (c *countingLogger) Warningf(format string, args ...any) {
+	c.warnings++
+	c.Platform.Warningf(format, args...)
+}
+
+func runEnv(args []string, d Deps) error {
+	fs := newFlagSet("env", "Prints the export lines of the builders `up` started, for a new shell: eval \"$(setup-ephemeral-buildkit env)\".", d)
+	stateDir := fs.String("state-dir", defaultStateDir(d), "the state directory given to up")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	sh, err := ci.NewShell(ci.ShellConfig{StateDir: *stateDir})
+	if err != nil {
+		return err
+	}
+	st, ok, err := loadState(sh)
+	if err != nil {
+		return err
+	}
+	if !ok || !st.Ready {
+		return fmt.Errorf("no builders are up (state directory %s)", *stateDir)
+	}
+	names := make([]string, 0, len(st.Exports))
+	for name := range st.Exports {
+		names = append(names, name)
+	}
+	slices.Sort(names)
+	for _, name := range names {
+		if _, err := fmt.Fprintf(d.Stdout, "export %s=%s\n", name, ci.ShellQuote(st.Exports[name])); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runGC(ctx context.Context, args []string, d Deps) error {
+	fs := newFlagSet("gc", "Removes the builders of jobs that are over: past their deadline, or whose runner pod is gone.", d)
+	var opts GCOptions
+	fs.StringVar(&opts.Namespace, "namespace", "", "namespace to clean (default: POD_NAMESPACE, the service account's, the kubeconfig context's)")
+	fs.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)")
+	fs.BoolVar(&opts.DryRun, "dry-run", false, "only report what would be deleted")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	namespace, decisions, err := CollectGarbage(ctx, opts, d)
+	if namespace != "" {
+		if werr := WriteGCReport(d.Stdout, namespace, decisions, opts.DryRun); werr != nil {
+			err = errors.Join(err, werr)
+		}
+	}
+	return err
+}

@@ -1,0 +1,146 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
+)
+
+func TestRunUsage(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+		out  string
+	}{
+		{nil, ExitUsage, "Usage: setup-ephemeral-buildkit COMMAND"},
+		{[]string{"frobnicate"}, ExitUsage, "Commands:"},
+		{[]string{"help"}, ExitOK, "Commands:"},
+		{[]string{"version"}, ExitOK, "setup-ephemeral-buildkit v1.2.3"},
+		{[]string{"up", "-h"}, ExitOK, "-node-selector"},
+		{[]string{"up", "extra"}, ExitUsage, "unexpected arguments"},
+		{[]string{"gc", "--dry-run=maybe"}, ExitUsage, "invalid boolean"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			var out bytes.Buffer
+			err := Run(context.Background(), tc.args, Deps{Getenv: func(string) string { return "" }, Stdout: &out, Stderr: &out, Version: "v1.2.3"})
+			if code := ExitCode(err); code != tc.code {
+				t.Errorf("exit code %d, want %d (err %v)", code, tc.code, err)
+			}
+			if !strings.Contains(out.String()+errText(err), tc.out) {
+				t.Errorf("output lacks %q:\n%s\nerr: %v", tc.out, out.String(), err)
+			}
+		})
+	}
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func TestRunUpEnvDown(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := newWorld(t)
+	w.startKubelet(ctx)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	env := map[string]string{"TMPDIR": t.TempDir()}
+	d := w.deps()
+	d.Getenv = func(k string) string { return env[k] }
+	var stdout, stderr bytes.Buffer
+	d.Stdout, d.Stderr = &stdout, &stderr
+
+	up := []string{"up", "--state-dir", stateDir, "--namespace", "ci", "--owner-pod", "runner-abc", "--platforms", "linux/amd64,linux/arm64", "--job-id", "local-1", "--use=false"}
+	if err := Run(ctx, up, d); err != nil {
+		t.Fatalf("up: %v\n%s", err, stderr.String())
+	}
+	exports := stdout.String()
+	for _, s := range []string{"export BUILDX_CONFIG='" + stateDir, "export BUILDKIT_HOST='tcp://10.0.0.", "export EPHEMERAL_BUILDKIT_PLATFORMS='linux/amd64,linux/arm64'"} {
+		if !strings.Contains(exports, s) {
+			t.Errorf("up printed no %q:\n%s", s, exports)
+		}
+	}
+	if strings.Contains(exports, "BUILDX_BUILDER") {
+		t.Errorf("--use=false exported BUILDX_BUILDER:\n%s", exports)
+	}
+	pods := w.pods()
+	if len(pods) != 2 {
+		t.Fatalf("pods after up: %v", pods)
+	}
+	pod, err := w.client.CoreV1().Pods("ci").Get(ctx, pods[0], metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pod.Annotations[k8sprov.AnnotationCIPlatform] != "shell" || pod.Annotations[k8sprov.AnnotationJobID] != "local-1" {
+		t.Errorf("pod annotations %v", pod.Annotations)
+	}
+
+	if err := Run(ctx, up, d); err == nil || !strings.Contains(err.Error(), "already up") {
+		t.Errorf("second up = %v, want a refusal", err)
+	}
+
+	stdout.Reset()
+	if err := Run(ctx, []string{"env", "--state-dir", stateDir}, d); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(stdout.String(), "export BUILDKIT_HOST='tcp://10.0.0.") {
+		t.Errorf("env printed:\n%s", stdout.String())
+	}
+
+	if err := Run(ctx, []string{"down", "--state-dir", stateDir}, d); err != nil {
+		t.Fatalf("down: %v\n%s", err, stderr.String())
+	}
+	if pods, secrets := w.pods(), w.secrets(); len(pods)+len(secrets) > 0 {
+		t.Errorf("left after down: pods %v, secrets %v", pods, secrets)
+	}
+	if _, err := os.Stat(stateDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("state directory left: %v", err)
+	}
+	if err := Run(ctx, []string{"env", "--state-dir", stateDir}, d); err == nil {
+		t.Error("env after down succeeded")
+	}
+}
+
+func TestRunGC(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	// One job whose runner pod is gone, one whose runner pod lives.
+	for _, obj := range []struct{ name, key, owner, uid string }{
+		{"buildkit-aaaa-amd64", "aaaa", "runner-old", "uid-old"},
+		{"buildkit-bbbb-amd64", "bbbb", w.runner.Name, string(w.runner.UID)},
+	} {
+		_, err := w.client.CoreV1().Pods("ci").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+			Name: obj.name, Namespace: "ci",
+			Labels:          map[string]string{k8sprov.LabelManagedBy: k8sprov.ManagedBy, k8sprov.LabelJobKey: obj.key},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: obj.owner, UID: typesUID(obj.uid)}},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	d := w.deps()
+	var out bytes.Buffer
+	d.Stdout = &out
+	if err := Run(ctx, []string{"gc", "--namespace", "ci"}, d); err != nil {
+		t.Fatal(err)
+	}
+	report := out.String()
+	if !strings.Contains(report, "aaaa") || !strings.Contains(report, "delete") || !strings.Contains(report, "owner pod runner-old (uid uid-old) is gone") {
+		t.Errorf("gc report:\n%s", report)
+	}
+	if pods := w.pods(); len(pods) != 1 || pods[0] != "buildkit-bbbb-amd64" {
+		t.Errorf("pods after gc: %v", pods)
+	}
+}

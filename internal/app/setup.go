@@ -1,0 +1,316 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/buildx"
+	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
+	"github.com/org/setup-ephemeral-buildkit/internal/pki"
+	"github.com/org/setup-ephemeral-buildkit/internal/platform"
+)
+
+// rollbackTimeout bounds the removal of a job whose set-up failed or was cancelled. The GitHub
+// runner sends SIGTERM 7.5 s after SIGINT and kills 2.5 s later; removal issues a handful of API
+// calls and one docker command, which take well under a second when the cluster answers.
+const rollbackTimeout = 7 * time.Second
+
+// builderNamePattern is buildx's rule for builder names, lower case (see package buildx).
+var builderNamePattern = regexp.MustCompile(`^[a-z][a-z0-9._-]*$`)
+
+// Main is the main phase: it reads the inputs, finds the runner pod, starts one BuildKit pod per
+// platform next to it, registers them as one buildx remote builder with a node per platform,
+// and exports the builder to later steps. What it needs to undo all that is saved as state
+// before anything is created, so that Post can remove it even when Main is killed half-way.
+// When Main fails or its context is cancelled, it removes what it created before returning.
+func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
+	d := deps.withDefaults()
+	started := d.Now()
+	p.Infof("setup-ephemeral-buildkit %s", d.Version)
+
+	in, set, inputErr := readInputs(p, d.ReadFile)
+	opts, optsErr := k8sprov.ParseOptions(jobIdentity(p.Job()), in)
+	if err := errors.Join(inputErr, renameInputs(optsErr)); err != nil {
+		return fmt.Errorf("checking the inputs:\n%w", err)
+	}
+	if set.name != "" && (!builderNamePattern.MatchString(set.name) || set.name == "default") {
+		return &k8sprov.InputError{Input: InputName, Value: set.name, Err: errors.New("not a buildx builder name"),
+			Accepted: "a lower-case letter, then lower-case letters, digits, '.', '_' or '-' (not \"default\")"}
+	}
+	defaultPlatform, err := platform.Parse("linux/" + d.Arch)
+	if err != nil && len(opts.Platforms) == 0 {
+		return fmt.Errorf("no platforms input and this runner's architecture %q is not a builder platform: %w", d.Arch, err)
+	}
+
+	kube, plan, err := resolve(ctx, p, d, opts, set.kubeconfig, defaultPlatform)
+	if err != nil {
+		return err
+	}
+	owner, namespace := plan.Owner, plan.Namespace
+	builderName := set.name
+	if builderName == "" {
+		builderName = "buildkit-" + string(plan.Key)
+	}
+	p.Infof("Job key: %s; builder: %s; platforms: %s", plan.Key, builderName, platform.FormatList(plan.Platforms))
+
+	if p.TempDir() == "" {
+		return errors.New("no directory for the job's certificates: the CI system gave no temporary directory")
+	}
+	jobDir, tlsDir, buildxDir := jobDirs(p.TempDir(), plan.Key)
+	st := jobState{
+		Namespace:  namespace,
+		Key:        plan.Key,
+		Owner:      owner,
+		Builder:    builderName,
+		Platforms:  plan.Platforms,
+		JobDir:     jobDir,
+		TLSDir:     tlsDir,
+		BuildxDir:  buildxDir,
+		Kubeconfig: set.kubeconfig,
+		Cleanup:    set.cleanup,
+	}
+	if err := st.save(p); err != nil {
+		return err
+	}
+	defer func() {
+		if err == nil {
+			return
+		}
+		cleanupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+		defer cancel()
+		if ctx.Err() != nil {
+			p.Warningf("Cancelled: removing the builders of this job")
+		} else {
+			logCtx, cancelLogs := context.WithTimeout(context.WithoutCancel(ctx), logTailTimeout)
+			showLogs(logCtx, p, kube, st, "the step failed")
+			cancelLogs()
+		}
+		problems := removeJob(cleanupCtx, p, d, st, kube)
+		if len(problems) > 0 {
+			err = errors.Join(err, fmt.Errorf("removing what this step created: %w", errors.Join(problems...)))
+			return
+		}
+		// Nothing is left for the post step to remove.
+		if serr := p.SaveState(stateMainOutcome, outcomeRemoved); serr != nil {
+			p.Warningf("%v", serr)
+		}
+	}()
+
+	end := p.Group(fmt.Sprintf("Starting %d BuildKit pod(s) in namespace %s", len(plan.Platforms), namespace))
+	provisioner := &k8sprov.Provisioner{
+		Client:         kube.Client,
+		Now:            d.Now,
+		Progress:       progressPrinter(p, d.Now()),
+		Verify:         d.Verify,
+		VerifyInterval: d.VerifyInterval,
+	}
+	result, err := provisioner.Provision(ctx, plan)
+	end()
+	if err != nil {
+		if ctx.Err() != nil {
+			// The provisioner reports its own deadline and a cancelled job alike.
+			return fmt.Errorf("cancelled while the builders were starting: %w", context.Cause(ctx))
+		}
+		return fmt.Errorf("starting the builders: %w", err)
+	}
+
+	if err := os.MkdirAll(jobDir, 0o700); err != nil {
+		return fmt.Errorf("creating the job's directory: %w", err)
+	}
+	files, err := pki.WriteClientFiles(tlsDir, result.Credentials.CACertPEM, result.Credentials.Client)
+	if err != nil {
+		return err
+	}
+	builder := buildx.Builder{Name: builderName, Use: set.use}
+	for _, b := range result.Builders {
+		builder.Nodes = append(builder.Nodes, buildx.Node{
+			Platform:       b.Platform.String(),
+			Endpoint:       b.Endpoint,
+			CACert:         files.CA,
+			Cert:           files.Cert,
+			Key:            files.Key,
+			ServerName:     b.ServerName,
+			BuildkitdFlags: strings.Join(opts.BuildkitdFlags, " "),
+			Pod:            b.Pod,
+			KubernetesNode: b.Node,
+		})
+	}
+	end = p.Group("Creating buildx builder " + builderName)
+	bx := &buildx.Client{Runner: d.Runner, Docker: d.Docker, BuildxConfigDir: buildxDir, Logf: p.Infof}
+	inspection, err := bx.Create(ctx, builder)
+	end()
+	if err != nil {
+		return err
+	}
+
+	exports, err := export(p, builder, inspection, buildxDir, files, set.use)
+	if err != nil {
+		return err
+	}
+	if err := p.Summary(summary(result, builderName, owner, d.Now().Sub(started))); err != nil {
+		p.Warningf("%v", err)
+	}
+	if err := markReady(p, exports); err != nil {
+		return err
+	}
+	for _, b := range result.Builders {
+		p.Infof("%s: %s (pod %s on %s), ready in %s", b.Platform, b.Endpoint, b.Pod, b.Node, formatSeconds(b.Ready.Sub(b.Created)))
+	}
+	p.Infof("Builder %s is ready in %s.", builderName, formatSeconds(d.Now().Sub(started)))
+	return nil
+}
+
+// resolve connects to Kubernetes, finds the builders' namespace and the runner pod that will own
+// them, and plans the job's objects.
+func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, kubeconfig string, defaultPlatform platform.Platform) (*KubeClient, k8sprov.Plan, error) {
+	end := p.Group("Finding the runner pod")
+	defer end()
+	kube, err := d.Kube(ctx, kubeconfig)
+	if err != nil {
+		return nil, k8sprov.Plan{}, fmt.Errorf("connecting to Kubernetes: %w", err)
+	}
+	p.Infof("Kubernetes: %s", kube.Source)
+	hostname, _ := d.Hostname()
+	lookup := k8sprov.OwnerLookup{
+		Selection:           opts.Owner,
+		Namespace:           opts.Namespace,
+		Getenv:              d.Getenv,
+		Hostname:            hostname,
+		ReadFile:            d.ReadFile,
+		KubeconfigNamespace: kube.Namespace,
+	}
+	namespace, source, err := k8sprov.ResolveNamespace(lookup)
+	if err != nil {
+		return nil, k8sprov.Plan{}, err
+	}
+	p.Infof("Namespace: %s (from %s)", namespace, source)
+	owner, err := k8sprov.ResolveOwner(ctx, kube.Client, namespace, lookup)
+	if err != nil {
+		return nil, k8sprov.Plan{}, err
+	}
+	if owner != nil {
+		p.Infof("Runner pod: %s (uid %s); the builders are owned by it and go when it goes", owner.Name, owner.UID)
+	} else {
+		p.Infof("Runner pod: none (owner-pod: none); cleanup relies on the post step, the pods' deadline and the janitor")
+	}
+	plan, err := k8sprov.NewPlan(opts, k8sprov.Resolution{Namespace: namespace, Owner: owner, DefaultPlatform: defaultPlatform, CreatedAt: d.Now()})
+	if err != nil {
+		return nil, k8sprov.Plan{}, err
+	}
+	return kube, plan, nil
+}
+
+// Names of the environment variables Main exports (see the package documentation).
+const (
+	EnvBuildxConfig  = "BUILDX_CONFIG"
+	EnvBuildxBuilder = "BUILDX_BUILDER"
+	EnvBuildkitHost  = "BUILDKIT_HOST"
+	EnvTLSDir        = "BUILDKIT_TLS_DIR"
+	EnvTLSCACert     = "BUILDKIT_TLS_CACERT"
+	EnvTLSCert       = "BUILDKIT_TLS_CERT"
+	EnvTLSKey        = "BUILDKIT_TLS_KEY"
+	EnvTLSServerName = "BUILDKIT_TLS_SERVERNAME"
+)
+
+// Names of the outputs, those of docker/setup-buildx-action plus endpoints.
+const (
+	OutputName      = "name"
+	OutputDriver    = "driver"
+	OutputPlatforms = "platforms"
+	OutputNodes     = "nodes"
+	OutputEndpoints = "endpoints"
+)
+
+// maxLoggedOutputSize bounds how much of an output's value the log shows.
+const maxLoggedOutputSize = 4096
+
+// export sets the outputs and the environment of later steps, and returns the environment.
+func export(p ci.Platform, b buildx.Builder, insp buildx.Inspection, buildxDir string, files pki.ClientFiles, use bool) (map[string]string, error) {
+	nodes, err := buildx.NodesJSON(b, insp)
+	if err != nil {
+		return nil, err
+	}
+	endpoints, err := buildx.EndpointsJSON(b)
+	if err != nil {
+		return nil, err
+	}
+	env := [][2]string{{EnvBuildxConfig, buildxDir}}
+	if use {
+		env = append(env, [2]string{EnvBuildxBuilder, b.Name})
+	}
+	env = append(env,
+		[2]string{EnvBuildkitHost, b.Nodes[0].Endpoint},
+		[2]string{EnvTLSDir, files.Dir},
+		[2]string{EnvTLSCACert, files.CA},
+		[2]string{EnvTLSCert, files.Cert},
+		[2]string{EnvTLSKey, files.Key},
+		[2]string{EnvTLSServerName, b.Nodes[0].ServerName},
+	)
+	outputs := [][2]string{
+		{OutputName, b.Name},
+		{OutputDriver, buildx.Driver},
+		{OutputPlatforms, strings.Join(b.Platforms(), ",")},
+		{OutputNodes, nodes},
+		{OutputEndpoints, endpoints},
+	}
+	end := p.Group("Exports for later steps")
+	defer end()
+	exported := map[string]string{}
+	for _, kv := range env {
+		if err := p.ExportEnv(kv[0], kv[1]); err != nil {
+			return nil, err
+		}
+		exported[kv[0]] = kv[1]
+		p.Infof("env %s=%s", kv[0], kv[1])
+	}
+	for _, kv := range outputs {
+		if err := p.SetOutput(kv[0], kv[1]); err != nil {
+			return nil, err
+		}
+		value := kv[1]
+		if len(value) > maxLoggedOutputSize {
+			value = value[:maxLoggedOutputSize] + "..."
+		}
+		p.Infof("output %s=%s", kv[0], value)
+	}
+	return exported, nil
+}
+
+// progressPrinter writes the provisioner's live progress, one line per change, with the time
+// since start. An event Kubernetes repeats for the same pod (its count goes up) is shown once.
+func progressPrinter(p ci.Platform, start time.Time) func(k8sprov.Progress) {
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	return func(pr k8sprov.Progress) {
+		if strings.HasPrefix(pr.Message, "event ") {
+			key := pr.Pod + "\x00" + pr.Message
+			mu.Lock()
+			repeated := seen[key]
+			seen[key] = true
+			mu.Unlock()
+			if repeated {
+				return
+			}
+		}
+		who := "job"
+		if !pr.Platform.IsZero() {
+			who = pr.Platform.String()
+		}
+		p.Infof("%7s  %-12s %s", "+"+formatSeconds(pr.At.Sub(start)), who, pr.Message)
+	}
+}
+
+// formatSeconds shows a duration in seconds with one decimal, "2.3s".
+func formatSeconds(d time.Duration) string {
+	if d < 0 {
+		d = 0
+	}
+	return fmt.Sprintf("%.1fs", d.Seconds())
+}

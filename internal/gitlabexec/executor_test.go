@@ -1,0 +1,219 @@
+package gitlabexec
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+)
+
+func TestSettingsFromEnv(t *testing.T) {
+	s, err := SettingsFromEnv([]string{
+		"PATH=/usr/bin",
+		EnvBuildsDir + "=/srv/builds",
+		EnvPerJobBuildsDir + "=true",
+		EnvJobInputs + "=platforms, requests ,,limits",
+		EnvCleanupTimeout + "=90s",
+		EnvKillGrace + "=5s",
+		EnvShell + "=sh",
+		EnvInputPrefix + "NAMESPACE=ci",
+		EnvInputPrefix + "NODE_SELECTOR=linux/arm64=pool=arm",
+		"EPHEMERAL_BUILDKIT_INPUT_=ignored",
+		"NOEQUALS",
+	}, func() (string, error) { return "runner-0", nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.BuildsDir != "/srv/builds" || !s.PerJobBuildsDir || s.CleanupTimeout != 90*time.Second || s.KillGrace != 5*time.Second ||
+		s.Shell != "sh" || s.Hostname != "runner-0" {
+		t.Errorf("settings = %+v", s)
+	}
+	if !slices.Equal(s.JobInputs, []string{"platforms", "requests", "limits"}) {
+		t.Errorf("JobInputs = %q", s.JobInputs)
+	}
+	if len(s.Inputs) != 2 || s.Inputs["namespace"] != "ci" || s.Inputs["node-selector"] != "linux/arm64=pool=arm" {
+		t.Errorf("Inputs = %q", s.Inputs)
+	}
+	d := Settings{}.withDefaults()
+	if d.BuildsDir != DefaultBuildsDir || d.StateDir != DefaultStateDir || d.Shell != "bash" || !slices.Equal(d.JobInputs, DefaultJobInputs) ||
+		d.InputPrefix != ci.DefaultGitLabInputPrefix {
+		t.Errorf("defaults = %+v", d)
+	}
+	// An empty job-inputs list means the job may set none.
+	if s, err := SettingsFromEnv([]string{EnvJobInputs + "="}, nil); err != nil || s.JobInputs == nil || len(s.JobInputs) != 0 {
+		t.Errorf("empty JOB_INPUTS: %q, %v", s.JobInputs, err)
+	}
+	for _, bad := range [][]string{
+		{EnvBuildsDir + "=relative"},
+		{EnvStateDir + "=state"},
+		{EnvShell + "=pwsh"},
+		{EnvPerJobBuildsDir + "=yes please"},
+		{EnvCleanupTimeout + "=-1s"},
+		{EnvKillGrace + "=soon"},
+	} {
+		if _, err := SettingsFromEnv(bad, nil); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+}
+
+func TestExitCode(t *testing.T) {
+	env := map[string]string{EnvBuildFailureExitCode: "77", EnvSystemFailureExitCode: "78"}
+	getenv := func(k string) string { return env[k] }
+	build := &BuildFailureError{SubStage: "step_script", ExitCode: 3}
+	for _, tt := range []struct {
+		err  error
+		want int
+	}{
+		{nil, 0},
+		{build, 77},
+		{&SystemFailureError{Stage: "prepare", Err: errors.New("x")}, 78},
+		{errors.New("anything else"), 78},
+		{errors.Join(errors.New("wrapped"), build), 77},
+	} {
+		if got := ExitCode(tt.err, getenv); got != tt.want {
+			t.Errorf("ExitCode(%v) = %d, want %d", tt.err, got, tt.want)
+		}
+	}
+	// Run by hand, without the runner's variables.
+	if got := ExitCode(build, func(string) string { return "" }); got != 1 {
+		t.Errorf("no variables: %d", got)
+	}
+	if got := ExitCode(build, func(string) string { return "999" }); got != 1 {
+		t.Errorf("out of range: %d", got)
+	}
+}
+
+func TestDispatchUsage(t *testing.T) {
+	e := &Executor{Getenv: func(string) string { return "" }, Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}}
+	for _, args := range [][]string{nil, {"launch"}, {"run"}, {"run", "script"}} {
+		err := e.Dispatch(context.Background(), args, nil)
+		var sys *SystemFailureError
+		if !errors.As(err, &sys) {
+			t.Errorf("%q: %v, want a SystemFailureError", args, err)
+		}
+	}
+}
+
+func TestMergeEnv(t *testing.T) {
+	got := mergeEnv([]string{"PATH=/bin", "BUILDX_BUILDER=old", "HOME=/root", "BROKEN"}, map[string]string{"BUILDX_BUILDER": "new", "BUILDKIT_HOST": "tcp://x:1234"})
+	want := []string{"PATH=/bin", "HOME=/root", "BROKEN", "BUILDKIT_HOST=tcp://x:1234", "BUILDX_BUILDER=new"}
+	if !slices.Equal(got, want) {
+		t.Errorf("mergeEnv = %q, want %q", got, want)
+	}
+}
+
+// Run forwards the signals the hook receives to the script's process group, and a cancelled
+// context as SIGTERM.
+func TestRunForwardsCancellation(t *testing.T) {
+	root := t.TempDir()
+	env := map[string]string{
+		ci.GitLabCustomExecutorPrefix + "CI_JOB_ID": "99",
+		EnvBuildFailureExitCode:                     "1",
+	}
+	stdout := &bytes.Buffer{}
+	e := &Executor{
+		Settings: Settings{StateDir: root},
+		Getenv:   func(k string) string { return env[k] },
+		Environ:  func() []string { return []string{"PATH=" + os.Getenv("PATH")} },
+		Stdout:   stdout, Stderr: &bytes.Buffer{},
+	}
+	job, err := e.job()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(job.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(job.EnvFile, []byte("export BUILDX_BUILDER='b'\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(root, "script.sh")
+	if err := os.WriteFile(script, []byte("trap 'echo \"TERM $BUILDX_BUILDER\"; exit 5' TERM\necho started\nsleep 30 & wait\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = e.Run(ctx, script, "step_script")
+	var build *BuildFailureError
+	if !errors.As(err, &build) || build.ExitCode != 5 || build.SubStage != "step_script" {
+		t.Fatalf("Run = %v, want a build failure with code 5", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Errorf("Run took %v", took)
+	}
+	if got := stdout.String(); !strings.Contains(got, "started\n") || !strings.Contains(got, "TERM b\n") {
+		t.Errorf("script output %q", got)
+	}
+}
+
+func TestCleanupWithoutJob(t *testing.T) {
+	stderr := &bytes.Buffer{}
+	e := &Executor{Settings: Settings{StateDir: t.TempDir()}, Getenv: func(string) string { return "" }, Stderr: stderr}
+	called := false
+	hooks := HookFuncs{DownFunc: func(context.Context, ci.Platform) error { called = true; return nil }}
+	err := e.Cleanup(context.Background(), hooks)
+	var sys *SystemFailureError
+	if !errors.As(err, &sys) || called {
+		t.Errorf("Cleanup = %v, Down called %v", err, called)
+	}
+	if !strings.Contains(stderr.String(), "nothing cleaned up") {
+		t.Errorf("log: %q", stderr.String())
+	}
+}
+
+// A script that leaves a process behind holding its output open still ends its sub-stage.
+func TestRunDoesNotWaitForBackgroundProcesses(t *testing.T) {
+	defer func(d time.Duration) { outputWaitDelay = d }(outputWaitDelay)
+	outputWaitDelay = 200 * time.Millisecond
+	root := t.TempDir()
+	env := map[string]string{ci.GitLabCustomExecutorPrefix + "CI_JOB_ID": "98"}
+	stdout, stderr := &bytes.Buffer{}, &bytes.Buffer{}
+	e := &Executor{
+		Settings: Settings{StateDir: root},
+		Getenv:   func(k string) string { return env[k] },
+		Environ:  func() []string { return []string{"PATH=" + os.Getenv("PATH")} },
+		Stdout:   stdout, Stderr: stderr,
+	}
+	job, err := e.job()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(job.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(job.EnvFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	script := filepath.Join(root, "script.sh")
+	pidFile := filepath.Join(root, "pid")
+	if err := os.WriteFile(script, []byte("sleep 30 &\necho $! > "+pidFile+"\necho done\n"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := e.Run(context.Background(), script, "step_script"); err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	if took := time.Since(start); took > 3*time.Second {
+		t.Errorf("Run took %v", took)
+	}
+	if data, err := os.ReadFile(pidFile); err == nil {
+		var pid int
+		if _, err := fmt.Sscan(string(data), &pid); err == nil && pid > 0 {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	if !strings.Contains(stdout.String(), "done") {
+		t.Errorf("stdout %q", stdout.String())
+	}
+}
