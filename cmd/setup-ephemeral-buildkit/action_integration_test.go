@@ -158,16 +158,15 @@ func TestIntegrationActionMultiArch(t *testing.T) {
 	w.checkNothingLeft(t)
 }
 
-// TestIntegrationActionCancelledWhileProvisioning cancels the job the way the runner does, by
-// SIGINT to the shim, while the builders start: the step must remove them before it exits, well
-// within the 7.5 s the runner waits before SIGTERM.
+// TestIntegrationActionCancelledWhileProvisioning cancels the job the way the GitHub runner does,
+// by SIGINT to the shim, while the builders start: the step must remove them before it exits,
+// well within the 7.5 s the runner waits before SIGTERM. The post step runs too and finds
+// nothing left.
 func TestIntegrationActionCancelledWhileProvisioning(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	w := newJobWorld(ctx, t)
-	// Builders running the pause image never answer, so provisioning waits until cancelled.
-	run := w.startAct(ctx, t, w.vars(map[string]string{"E2E_IMAGE": w.cluster.Info.Images["pause"], "E2E_TIMEOUT": "4m"}))
-	w.waitBuilderPods(ctx, t, 2, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	run := w.startProvisioningForever(ctx, t)
 	shims := w.shimProcesses()
 	if len(shims) != 1 {
 		t.Fatalf("found %d shim processes, want the main step's one", len(shims))
@@ -188,13 +187,40 @@ func TestIntegrationActionCancelledWhileProvisioning(t *testing.T) {
 		t.Error("the cancelled job succeeded")
 	}
 	log := run.output.String()
-	for _, s := range []string{"Cancelled: removing the builders of this job", "context canceled"} {
+	for _, s := range []string{"Cancelled: removing the builders of this job",
+		"cancelled while the builders were starting: interrupt signal received",
+		"Nothing to clean up: the main step failed and removed its builders itself."} {
 		if !strings.Contains(log, s) {
 			t.Errorf("the job log lacks %q", s)
 		}
 	}
 	w.waitBuildersGone(ctx, t)
 	w.checkNothingLeft(t)
+}
+
+// TestIntegrationActCancelledWhileProvisioning cancels act itself (SIGINT) while the builders
+// start. act kills the step's node process outright; the binary, left behind on the step's
+// terminal, gets SIGHUP and removes its builders, and act's post step removes anything left.
+func TestIntegrationActCancelledWhileProvisioning(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	w := newJobWorld(ctx, t)
+	run := w.startProvisioningForever(ctx, t)
+	if err := run.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	_ = run.wait(ctx, t)
+	w.waitBuildersGone(ctx, t)
+	w.checkNothingLeft(t)
+}
+
+// startProvisioningForever starts a job whose builders run the pause image: they never answer,
+// so the main step keeps waiting for them. It returns once both builder pods run.
+func (w *jobWorld) startProvisioningForever(ctx context.Context, t *testing.T) *actRun {
+	t.Helper()
+	run := w.startAct(ctx, t, w.vars(map[string]string{"E2E_IMAGE": w.cluster.Info.Images["pause"], "E2E_TIMEOUT": "4m"}))
+	w.waitBuilderPods(ctx, t, 2, func(p *corev1.Pod) bool { return p.Status.Phase == corev1.PodRunning })
+	return run
 }
 
 // TestIntegrationActionCancelledDuringLaterStep cancels the job (SIGINT to the runner, here act)

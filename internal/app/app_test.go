@@ -132,8 +132,17 @@ func TestMainReportsInputsByTheirNames(t *testing.T) {
 			t.Errorf("error lacks %s:\n%v", s, err)
 		}
 	}
-	if state, _ := os.ReadFile(w.env[ci.EnvGitHubState]); len(state) > 0 {
-		t.Errorf("state saved although nothing was created: %s", state)
+	// Only the marker of the post step is saved: the post step must not run Main again.
+	if state := readEnvFile(t, w.env[ci.EnvGitHubState]); len(state) != 1 || state[ci.StateIsPost] != "true" {
+		t.Errorf("state after refused inputs: %v", state)
+	}
+	w.enterPost()
+	w.stdout.Reset()
+	if err := Run(context.Background(), nil, w.deps()); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(w.stdout.String(), "Nothing to clean up") {
+		t.Errorf("post step after refused inputs:\n%s", w.stdout.String())
 	}
 }
 

@@ -2,11 +2,13 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
 	"text/tabwriter"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
@@ -19,11 +21,15 @@ type GCOptions struct {
 	Kubeconfig string
 	// DryRun reports what would be deleted without deleting anything.
 	DryRun bool
+	// Checker asks the CI system whether a job has finished; nil judges by deadline and owner
+	// pod alone. The gc verb builds it from GITHUB_TOKEN and GITLAB_TOKEN (jobstatus.FromEnv).
+	Checker k8sprov.JobChecker
 }
 
 // CollectGarbage removes the builders of jobs that are over in one namespace: those past their
-// deadline and those whose runner pod is gone. It does not ask a CI system whether a job has
-// finished (no JobChecker yet), so a builder without an owner that has not expired is kept.
+// deadline, those whose runner pod is gone, and, with a Checker, those whose CI job has finished.
+// Builders of a CI platform the checker cannot ask about are kept until their deadline; that is
+// reported in their decision's reason, not as an error.
 func CollectGarbage(ctx context.Context, opts GCOptions, deps Deps) (string, []k8sprov.GCDecision, error) {
 	d := deps.withDefaults()
 	kube, err := d.Kube(ctx, opts.Kubeconfig)
@@ -40,8 +46,27 @@ func CollectGarbage(ctx context.Context, opts GCOptions, deps Deps) (string, []k
 		return "", nil, err
 	}
 	prov := &k8sprov.Provisioner{Client: kube.Client, Now: d.Now}
-	decisions, err := prov.CollectGarbage(ctx, namespace, nil, opts.DryRun)
-	return namespace, decisions, err
+	decisions, err := prov.CollectGarbage(ctx, namespace, opts.Checker, opts.DryRun)
+	return namespace, decisions, withoutUnsupported(err)
+}
+
+// withoutUnsupported drops, from the janitor's joined errors, those about jobs of a CI platform
+// no checker is configured for: keeping such builders until their deadline is the design.
+func withoutUnsupported(err error) error {
+	if err == nil {
+		return nil
+	}
+	list := []error{err}
+	if joined, ok := err.(interface{ Unwrap() []error }); ok {
+		list = joined.Unwrap()
+	}
+	var kept []error
+	for _, e := range list {
+		if !errors.Is(e, jobstatus.ErrUnsupportedPlatform) {
+			kept = append(kept, e)
+		}
+	}
+	return errors.Join(kept...)
 }
 
 // WriteGCReport writes the janitor's decisions as a table.

@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 )
 
 // Exit codes of the program.
@@ -369,7 +370,9 @@ func runEnv(args []string, d Deps) error {
 }
 
 func runGC(ctx context.Context, args []string, d Deps) error {
-	fs := newFlagSet("gc", "Removes the builders of jobs that are over: past their deadline, or whose runner pod is gone.", d)
+	fs := newFlagSet("gc", "Removes the builders of jobs that are over: past their deadline, whose runner pod is gone, or whose\n"+
+		"CI job has finished. GitHub and GitLab are asked about their jobs when GITHUB_TOKEN (GITHUB_API_URL) or\n"+
+		"GITLAB_TOKEN (GITLAB_URL) are set; JOB_STATUS_TIMEOUT bounds each request.", d)
 	var opts GCOptions
 	fs.StringVar(&opts.Namespace, "namespace", "", "namespace to clean (default: POD_NAMESPACE, the service account's, the kubeconfig context's)")
 	fs.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)")
@@ -377,6 +380,11 @@ func runGC(ctx context.Context, args []string, d Deps) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	checker, err := jobstatus.FromEnv(d.Getenv)
+	if err != nil {
+		return fmt.Errorf("configuring the job status checks: %w", err)
+	}
+	opts.Checker = checker
 	namespace, decisions, err := CollectGarbage(ctx, opts, d)
 	if namespace != "" {
 		if werr := WriteGCReport(d.Stdout, namespace, decisions, opts.DryRun); werr != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
@@ -141,6 +143,45 @@ func TestRunGC(t *testing.T) {
 		t.Errorf("gc report:\n%s", report)
 	}
 	if pods := w.pods(); len(pods) != 1 || pods[0] != "buildkit-bbbb-amd64" {
+		t.Errorf("pods after gc: %v", pods)
+	}
+}
+
+// finishedChecker says every job of its platform has finished; others are not its business.
+type finishedChecker struct{ platform string }
+
+func (c finishedChecker) JobFinished(_ context.Context, job k8sprov.JobIdentity) (bool, error) {
+	if job.CIPlatform != c.platform {
+		return false, fmt.Errorf("platform %s: %w", job.CIPlatform, jobstatus.ErrUnsupportedPlatform)
+	}
+	return true, nil
+}
+
+func TestCollectGarbageAsksTheCISystem(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t)
+	for _, obj := range []struct{ name, key, platform string }{
+		{"buildkit-gggg-amd64", "gggg", "github"},
+		{"buildkit-ssss-amd64", "ssss", "shell"},
+	} {
+		_, err := w.client.CoreV1().Pods("ci").Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{
+			Name: obj.name, Namespace: "ci",
+			Labels:          map[string]string{k8sprov.LabelManagedBy: k8sprov.ManagedBy, k8sprov.LabelJobKey: obj.key},
+			Annotations:     map[string]string{k8sprov.AnnotationCIPlatform: obj.platform, k8sprov.AnnotationJobID: "1"},
+			OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Pod", Name: w.runner.Name, UID: w.runner.UID}},
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, decisions, err := CollectGarbage(ctx, GCOptions{Namespace: "ci", Checker: finishedChecker{"github"}}, w.deps())
+	if err != nil {
+		t.Fatalf("a platform without a checker failed the janitor: %v", err)
+	}
+	if len(decisions) != 2 || !decisions[0].Delete || decisions[1].Delete {
+		t.Errorf("decisions %+v", decisions)
+	}
+	if pods := w.pods(); len(pods) != 1 || pods[0] != "buildkit-ssss-amd64" {
 		t.Errorf("pods after gc: %v", pods)
 	}
 }

@@ -34,6 +34,11 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 	d := deps.withDefaults()
 	started := d.Now()
 	p.Infof("setup-ephemeral-buildkit %s", d.Version)
+	// On GitHub the post step runs this program again and tells itself apart by this state only:
+	// saved before anything can fail, or a failed main step would run once more as the post step.
+	if err := p.SaveState(ci.StateIsPost, "true"); err != nil {
+		return fmt.Errorf("saving state for the cleanup phase: %w", err)
+	}
 
 	in, set, inputErr := readInputs(p, d.ReadFile)
 	opts, optsErr := k8sprov.ParseOptions(jobIdentity(p.Job()), in)
@@ -58,7 +63,6 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 	if builderName == "" {
 		builderName = "buildkit-" + string(plan.Key)
 	}
-	p.Infof("Job key: %s; builder: %s; platforms: %s", plan.Key, builderName, platform.FormatList(plan.Platforms))
 
 	if p.TempDir() == "" {
 		return errors.New("no directory for the job's certificates: the CI system gave no temporary directory")
@@ -204,6 +208,7 @@ func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, k
 	if err != nil {
 		return nil, k8sprov.Plan{}, err
 	}
+	p.Infof("Job key: %s; platforms: %s", plan.Key, platform.FormatList(plan.Platforms))
 	return kube, plan, nil
 }
 

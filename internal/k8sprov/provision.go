@@ -422,6 +422,11 @@ func (p *Provisioner) deletedError(ctx context.Context, plan Plan, b *Builder) e
 }
 
 func (p *Provisioner) timeoutError(ctx context.Context, plan Plan, builders []Builder, lastState []string) error {
+	why := fmt.Sprintf("not ready within the readiness timeout (%s)", plan.Options.ReadinessTimeout)
+	if errors.Is(ctx.Err(), context.Canceled) {
+		// The caller gave up (a cancelled job), not the timeout.
+		why = "cancelled while starting"
+	}
 	var lines []string
 	for i, b := range builders {
 		if !b.Ready.IsZero() {
@@ -433,7 +438,7 @@ func (p *Provisioner) timeoutError(ctx context.Context, plan Plan, builders []Bu
 		}
 		lines = append(lines, fmt.Sprintf("%s (pod %s): %s", b.Platform, b.Pod, state))
 	}
-	return fmt.Errorf("builders not ready within the readiness timeout (%s): %s: %w", plan.Options.ReadinessTimeout, strings.Join(lines, "; "), ctx.Err())
+	return fmt.Errorf("builders %s: %s: %w", why, strings.Join(lines, "; "), ctx.Err())
 }
 
 // describePod is a one-line summary of a pod's progress.
