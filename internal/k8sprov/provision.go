@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -387,15 +388,42 @@ func (p *Provisioner) diagnose(ctx context.Context, pod *corev1.Pod, b *Builder,
 	return nil
 }
 
-// lastLogLines fetches the tail of buildkitd's log; failure to read it is reported in its place.
+// lastLogLines fetches the tail of buildkitd's log, condensed by summarizeLog; failure to read
+// it is reported in its place.
 func (p *Provisioner) lastLogLines(ctx context.Context, ns, pod string, lines int64) string {
 	logCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	data, err := p.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: ContainerName, TailLines: &lines}).DoRaw(logCtx)
+	// Read more than is shown: the line that explains a crash (a usage error) is often followed by
+	// pages of help text.
+	fetch := lines * 10
+	data, err := p.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: ContainerName, TailLines: &fetch}).DoRaw(logCtx)
 	if err != nil {
 		return fmt.Sprintf("(logs unavailable: %v)", explainAPIError(err, "get", "pods/log", ns, "reading buildkitd's log"))
 	}
-	return strings.TrimRight(string(data), "\n")
+	return summarizeLog(string(data), int(lines))
+}
+
+// errorLine matches log lines that usually say why a process died.
+var errorLine = regexp.MustCompile(`(?i)(error|fatal|panic|incorrect usage|not defined|failed)`)
+
+// summarizeLog keeps the last n lines of log and, before them, up to 10 earlier lines that look
+// like the reason (errors, usage complaints), so the cause is not lost behind help text.
+func summarizeLog(log string, n int) string {
+	all := strings.Split(strings.TrimRight(log, "\n"), "\n")
+	if len(all) <= n {
+		return strings.Join(all, "\n")
+	}
+	head, tail := all[:len(all)-n], all[len(all)-n:]
+	var reasons []string
+	for _, line := range head {
+		if errorLine.MatchString(line) && len(reasons) < 10 {
+			reasons = append(reasons, line)
+		}
+	}
+	if len(reasons) == 0 {
+		return strings.Join(tail, "\n")
+	}
+	return strings.Join(reasons, "\n") + "\n[...]\n" + strings.Join(tail, "\n")
 }
 
 // LastLogLines returns the last lines of a builder's buildkitd log, for post steps that show

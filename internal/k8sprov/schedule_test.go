@@ -2,6 +2,7 @@ package k8sprov
 
 import (
 	"maps"
+	"strings"
 	"testing"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/platform"
@@ -29,5 +30,22 @@ func TestNodeSelectorCanDropTheDefaultArchLabel(t *testing.T) {
 		if _, err := ParseNodeSelectors(bad); err == nil {
 			t.Errorf("ParseNodeSelectors(%q) accepted", bad)
 		}
+	}
+}
+
+func TestSummarizeLogKeepsTheReasonBeforeHelpText(t *testing.T) {
+	log := "Incorrect Usage: flag provided but not defined: -no-such-flag\nNAME:\n   buildkitd\n"
+	for i := 0; i < 50; i++ {
+		log += "   --some-flag  help text\n"
+	}
+	got := summarizeLog(log, 5)
+	if !strings.HasPrefix(got, "Incorrect Usage: flag provided but not defined: -no-such-flag\n[...]\n") {
+		t.Fatalf("summary lost the reason:\n%s", got)
+	}
+	if n := strings.Count(got, "\n"); n != 6 {
+		t.Fatalf("summary has %d lines, want reason + marker + 5", n+1)
+	}
+	if short := summarizeLog("a\nb\n", 5); short != "a\nb" {
+		t.Fatalf("short log = %q", short)
 	}
 }
