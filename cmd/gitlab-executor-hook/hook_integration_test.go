@@ -28,12 +28,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	"sigs.k8s.io/yaml"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/gitlabexec"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
@@ -90,15 +86,8 @@ func newHookWorld(ctx context.Context, t *testing.T) *hookWorld {
 	w.build(ctx, t)
 	t.Logf("built the hook and the probes in %v", time.Since(built).Round(100*time.Millisecond))
 
-	ns, err := w.admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "gitlab-hook-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating namespace: %v", err)
-	}
-	w.ns = ns.Name
-	t.Cleanup(func() {
-		_ = w.admin.CoreV1().Namespaces().Delete(context.Background(), w.ns, metav1.DeleteOptions{})
-	})
-	w.applyShippedRBAC(ctx, t, "runner")
+	w.ns = c.CreateNamespace(ctx, t, "gitlab-hook")
+	c.ApplyShippedRBAC(ctx, t, w.ns, "runner", filepath.Join("..", "..", "deploy", "rbac.yaml"))
 	w.runner, err = w.admin.CoreV1().Pods(w.ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "gitlab-runner-0"},
 		Spec: corev1.PodSpec{
@@ -110,7 +99,7 @@ func newHookWorld(ctx context.Context, t *testing.T) *hookWorld {
 		t.Fatalf("creating the runner pod: %v", err)
 	}
 	kubeconfig := filepath.Join(w.root, "runner.kubeconfig")
-	w.writeServiceAccountKubeconfig(ctx, t, kubeconfig)
+	c.WriteServiceAccountKubeconfig(ctx, t, w.ns, "runner", kubeconfig)
 
 	// The runner pod's own HOME and DOCKER_CONFIG: only the buildx plugin, nothing of this
 	// machine's user (as the act tests do). The hook and every script inherit them; each job's
@@ -163,63 +152,6 @@ func (w *hookWorld) build(ctx context.Context, t *testing.T) {
 			t.Fatalf("building the arch probe for %s: %v\n%s", arch, err, out)
 		}
 		w.probes[arch] = probe
-	}
-}
-
-// applyShippedRBAC creates deploy/rbac.yaml's Role and RoleBinding, bound to sa: the hook runs
-// with exactly the rights users grant their runners.
-func (w *hookWorld) applyShippedRBAC(ctx context.Context, t *testing.T, sa string) {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "rbac.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.admin.CoreV1().ServiceAccounts(w.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for _, doc := range strings.Split(string(data), "\n---\n") {
-		var meta metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "Role":
-			var role rbacv1.Role
-			if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := w.admin.RbacV1().Roles(w.ns).Create(ctx, &role, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		case "RoleBinding":
-			var binding rbacv1.RoleBinding
-			if err := yaml.UnmarshalStrict([]byte(doc), &binding); err != nil {
-				t.Fatal(err)
-			}
-			binding.Subjects[0].Name = sa
-			binding.Subjects[0].Namespace = w.ns
-			if _, err := w.admin.RbacV1().RoleBindings(w.ns).Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-}
-
-// writeServiceAccountKubeconfig writes a kubeconfig that authenticates as the runner's
-// ServiceAccount, with the runner pod's namespace as its context's.
-func (w *hookWorld) writeServiceAccountKubeconfig(ctx context.Context, t *testing.T, path string) {
-	t.Helper()
-	cfg, err := w.cluster.ServiceAccountConfig(ctx, w.ns, "runner")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["local"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthority: cfg.TLSClientConfig.CAFile}
-	kc.AuthInfos["runner"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
-	kc.Contexts["runner"] = &clientcmdapi.Context{Cluster: "local", AuthInfo: "runner", Namespace: w.ns}
-	kc.CurrentContext = "runner"
-	if err := clientcmd.WriteToFile(*kc, path); err != nil {
-		t.Fatal(err)
 	}
 }
 

@@ -254,16 +254,8 @@ const noDownJobScript = `echo "MARK exit-without-down"
 func newPodJobWorld(ctx context.Context, t *testing.T, c *localcluster.Cluster) *jobWorld {
 	t.Helper()
 	w := &jobWorld{cluster: c, admin: kubernetes.NewForConfigOrDie(c.AdminConfig())}
-	ns, err := w.admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-glpod-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating namespace: %v", err)
-	}
-	w.ns = ns.Name
-	t.Cleanup(func() {
-		_ = w.admin.CoreV1().Namespaces().Delete(context.Background(), w.ns, metav1.DeleteOptions{})
-	})
-	w.waitDefaultServiceAccount(ctx, t)
-	w.applyShippedRBAC(ctx, t, "gitlab-job")
+	w.ns = c.CreateNamespace(ctx, t, "e2e-glpod")
+	c.ApplyShippedRBAC(ctx, t, w.ns, "gitlab-job", filepath.Join(repoRoot, "deploy", "rbac.yaml"))
 	return w
 }
 

@@ -22,15 +22,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
-	"sigs.k8s.io/yaml"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
@@ -128,16 +122,9 @@ func newJobWorld(ctx context.Context, t *testing.T) *jobWorld {
 		}
 	}
 	w := &jobWorld{cluster: c, admin: kubernetes.NewForConfigOrDie(c.AdminConfig())}
-	ns, err := w.admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "e2e-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating namespace: %v", err)
-	}
-	w.ns = ns.Name
-	t.Cleanup(func() {
-		_ = w.admin.CoreV1().Namespaces().Delete(context.Background(), w.ns, metav1.DeleteOptions{})
-	})
-	w.waitDefaultServiceAccount(ctx, t)
-	w.applyShippedRBAC(ctx, t, "runner")
+	w.ns = c.CreateNamespace(ctx, t, "e2e")
+	c.ApplyShippedRBAC(ctx, t, w.ns, "runner", filepath.Join(repoRoot, "deploy", "rbac.yaml"))
+	var err error
 	w.runner, err = w.admin.CoreV1().Pods(w.ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "runner-pod"},
 		Spec: corev1.PodSpec{
@@ -164,85 +151,9 @@ func newJobWorld(ctx context.Context, t *testing.T) *jobWorld {
 		t.Fatal(err)
 	}
 	w.kubeconfig = filepath.Join(dir, "runner.kubeconfig")
-	w.writeServiceAccountKubeconfig(ctx, t)
+	c.WriteServiceAccountKubeconfig(ctx, t, w.ns, "runner", w.kubeconfig)
 	w.makeWorkspace(t)
 	return w
-}
-
-func (w *jobWorld) waitDefaultServiceAccount(ctx context.Context, t *testing.T) {
-	t.Helper()
-	watcher, err := w.admin.CoreV1().ServiceAccounts(w.ns).Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", "default").String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer watcher.Stop()
-	if _, err := w.admin.CoreV1().ServiceAccounts(w.ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
-		return
-	}
-	for ev := range watcher.ResultChan() {
-		if ev.Type == watch.Added {
-			return
-		}
-	}
-	t.Fatalf("no default serviceaccount in %s", w.ns)
-}
-
-// applyShippedRBAC creates deploy/rbac.yaml's Role and RoleBinding, bound to sa: the action runs
-// with exactly the rights users grant their runners.
-func (w *jobWorld) applyShippedRBAC(ctx context.Context, t *testing.T, sa string) {
-	t.Helper()
-	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "rbac.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.admin.CoreV1().ServiceAccounts(w.ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for _, doc := range strings.Split(string(data), "\n---\n") {
-		var meta metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "Role":
-			var role rbacv1.Role
-			if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := w.admin.RbacV1().Roles(w.ns).Create(ctx, &role, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		case "RoleBinding":
-			var binding rbacv1.RoleBinding
-			if err := yaml.UnmarshalStrict([]byte(doc), &binding); err != nil {
-				t.Fatal(err)
-			}
-			binding.Subjects[0].Name = sa
-			binding.Subjects[0].Namespace = w.ns
-			if _, err := w.admin.RbacV1().RoleBindings(w.ns).Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-}
-
-// writeServiceAccountKubeconfig writes a kubeconfig that authenticates as the runner's
-// ServiceAccount, with the runner pod's namespace as its context's, as a pod's own service
-// account would give it.
-func (w *jobWorld) writeServiceAccountKubeconfig(ctx context.Context, t *testing.T) {
-	t.Helper()
-	cfg, err := w.cluster.ServiceAccountConfig(ctx, w.ns, "runner")
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc := clientcmdapi.NewConfig()
-	kc.Clusters["local"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthority: cfg.TLSClientConfig.CAFile}
-	kc.AuthInfos["runner"] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
-	kc.Contexts["runner"] = &clientcmdapi.Context{Cluster: "local", AuthInfo: "runner", Namespace: w.ns}
-	kc.CurrentContext = "runner"
-	if err := clientcmd.WriteToFile(*kc, w.kubeconfig); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // makeWorkspace lays out the repository act checks out: the real action.yml and shim, the

@@ -6,22 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/yaml"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/pki"
@@ -51,16 +46,11 @@ func newJobEnvB(t testing.TB, ctx context.Context) *jobEnv {
 	t.Helper()
 	c := localcluster.ForTest(t)
 	admin := kubernetes.NewForConfigOrDie(c.AdminConfig())
-	ns, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "prov-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating namespace: %v", err)
-	}
-	t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{}) })
-	env := &jobEnv{cluster: c, ns: ns.Name, admin: admin, requests: &atomic.Int64{}}
-	waitDefaultServiceAccount(t, ctx, admin, ns.Name)
-	applyShippedRBAC(t, ctx, admin, ns.Name, "runner")
+	env := &jobEnv{cluster: c, ns: c.CreateNamespace(ctx, t, "prov"), admin: admin, requests: &atomic.Int64{}}
+	c.ApplyShippedRBAC(ctx, t, env.ns, "runner", "../../deploy/rbac.yaml")
+	var err error
 
-	env.runner, err = admin.CoreV1().Pods(ns.Name).Create(ctx, &corev1.Pod{
+	env.runner, err = admin.CoreV1().Pods(env.ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "runner-pod"},
 		Spec: corev1.PodSpec{
 			ServiceAccountName: "runner",
@@ -70,7 +60,7 @@ func newJobEnvB(t testing.TB, ctx context.Context) *jobEnv {
 	if err != nil {
 		t.Fatalf("creating runner pod: %v", err)
 	}
-	env.saConfig, err = c.ServiceAccountConfig(ctx, ns.Name, "runner")
+	env.saConfig, err = c.ServiceAccountConfig(ctx, env.ns, "runner")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,63 +77,6 @@ func newJobEnvB(t testing.TB, ctx context.Context) *jobEnv {
 type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-func waitDefaultServiceAccount(t testing.TB, ctx context.Context, admin kubernetes.Interface, ns string) {
-	t.Helper()
-	w, err := admin.CoreV1().ServiceAccounts(ns).Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", "default").String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Stop()
-	if _, err := admin.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
-		return
-	}
-	for ev := range w.ResultChan() {
-		if ev.Type == watch.Added {
-			return
-		}
-	}
-	t.Fatalf("no default serviceaccount in %s", ns)
-}
-
-// applyShippedRBAC creates the Role and RoleBinding from deploy/rbac.yaml, bound to sa: the
-// tests run with exactly the rights users grant.
-func applyShippedRBAC(t testing.TB, ctx context.Context, admin kubernetes.Interface, ns, sa string) {
-	t.Helper()
-	data, err := os.ReadFile("../../deploy/rbac.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := admin.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	for _, doc := range strings.Split(string(data), "\n---\n") {
-		var meta metav1.TypeMeta
-		if err := yaml.Unmarshal([]byte(doc), &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "Role":
-			var role rbacv1.Role
-			if err := yaml.UnmarshalStrict([]byte(doc), &role); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := admin.RbacV1().Roles(ns).Create(ctx, &role, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		case "RoleBinding":
-			var binding rbacv1.RoleBinding
-			if err := yaml.UnmarshalStrict([]byte(doc), &binding); err != nil {
-				t.Fatal(err)
-			}
-			binding.Subjects[0].Name = sa
-			binding.Subjects[0].Namespace = ns
-			if _, err := admin.RbacV1().RoleBindings(ns).Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-}
 
 // plan builds a plan for this env's runner pod with the given inputs.
 func (e *jobEnv) plan(t *testing.T, jobID string, in Inputs) Plan { return e.planB(t, jobID, in) }

@@ -28,7 +28,7 @@ func TestIntegrationEnvironment(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	client := kubernetes.NewForConfigOrDie(c.AdminConfig())
-	ns := createNamespace(ctx, t, client, "env")
+	ns := c.CreateNamespace(ctx, t, "env")
 
 	owner, err := client.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "runner"},
@@ -154,35 +154,6 @@ func podProcesses(uid string) []string {
 		}
 	}
 	return pids
-}
-
-func createNamespace(ctx context.Context, t *testing.T, client kubernetes.Interface, prefix string) string {
-	t.Helper()
-	ns, err := client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: prefix + "-"},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
-	})
-	// The ServiceAccount admission plugin rejects pods until the namespace's default account exists.
-	w, err := client.CoreV1().ServiceAccounts(ns.Name).Watch(ctx, metav1.ListOptions{FieldSelector: fields.OneTermEqualSelector("metadata.name", "default").String()})
-	if err != nil {
-		t.Fatalf("watching serviceaccounts: %v", err)
-	}
-	defer w.Stop()
-	if _, err := client.CoreV1().ServiceAccounts(ns.Name).Get(ctx, "default", metav1.GetOptions{}); err == nil {
-		return ns.Name
-	}
-	for ev := range w.ResultChan() {
-		if ev.Type == watch.Added {
-			return ns.Name
-		}
-	}
-	t.Fatalf("default serviceaccount never appeared in %s: %v", ns.Name, ctx.Err())
-	return ""
 }
 
 // waitForPod watches one pod until done says so, returns an error, or ctx ends.
