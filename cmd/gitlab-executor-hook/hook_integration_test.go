@@ -88,16 +88,7 @@ func newHookWorld(ctx context.Context, t *testing.T) *hookWorld {
 
 	w.ns = c.CreateNamespace(ctx, t, "gitlab-hook")
 	c.ApplyShippedRBAC(ctx, t, w.ns, "runner", filepath.Join("..", "..", "deploy", "rbac.yaml"))
-	w.runner, err = w.admin.CoreV1().Pods(w.ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "gitlab-runner-0"},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: "runner",
-			Containers:         []corev1.Container{{Name: "runner", Image: c.Info.Images["pause"], ImagePullPolicy: corev1.PullNever}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating the runner pod: %v", err)
-	}
+	w.runner = c.CreateRunnerPod(ctx, t, w.ns, "gitlab-runner-0", "runner")
 	kubeconfig := filepath.Join(w.root, "runner.kubeconfig")
 	c.WriteServiceAccountKubeconfig(ctx, t, w.ns, "runner", kubeconfig)
 

@@ -124,17 +124,7 @@ func newJobWorld(ctx context.Context, t *testing.T) *jobWorld {
 	w := &jobWorld{cluster: c, admin: kubernetes.NewForConfigOrDie(c.AdminConfig())}
 	w.ns = c.CreateNamespace(ctx, t, "e2e")
 	c.ApplyShippedRBAC(ctx, t, w.ns, "runner", filepath.Join(repoRoot, "deploy", "rbac.yaml"))
-	var err error
-	w.runner, err = w.admin.CoreV1().Pods(w.ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "runner-pod"},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: "runner",
-			Containers:         []corev1.Container{{Name: "runner", Image: c.Info.Images["pause"], ImagePullPolicy: corev1.PullNever}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating the runner pod: %v", err)
-	}
+	w.runner = c.CreateRunnerPod(ctx, t, w.ns, "runner-pod", "runner")
 
 	dir := t.TempDir()
 	w.workspace = filepath.Join(dir, "workspace")

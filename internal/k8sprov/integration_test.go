@@ -50,16 +50,7 @@ func newJobEnvB(t testing.TB, ctx context.Context) *jobEnv {
 	c.ApplyShippedRBAC(ctx, t, env.ns, "runner", "../../deploy/rbac.yaml")
 	var err error
 
-	env.runner, err = admin.CoreV1().Pods(env.ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "runner-pod"},
-		Spec: corev1.PodSpec{
-			ServiceAccountName: "runner",
-			Containers:         []corev1.Container{{Name: "runner", Image: c.Info.Images["pause"], ImagePullPolicy: corev1.PullNever}},
-		},
-	}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("creating runner pod: %v", err)
-	}
+	env.runner = c.CreateRunnerPod(ctx, t, env.ns, "runner-pod", "runner")
 	env.saConfig, err = c.ServiceAccountConfig(ctx, env.ns, "runner")
 	if err != nil {
 		t.Fatal(err)

@@ -103,3 +103,21 @@ func (c *Cluster) WriteServiceAccountKubeconfig(ctx context.Context, t testing.T
 		t.Fatal(err)
 	}
 }
+
+// CreateRunnerPod creates a stand-in for a CI runner pod: the pause image, running as
+// ServiceAccount sa, so builders can be owned by it and tests can delete it like a dying runner.
+func (c *Cluster) CreateRunnerPod(ctx context.Context, t testing.TB, ns, name, sa string) *corev1.Pod {
+	t.Helper()
+	admin := kubernetes.NewForConfigOrDie(c.AdminConfig())
+	pod, err := admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Spec: corev1.PodSpec{
+			ServiceAccountName: sa,
+			Containers:         []corev1.Container{{Name: "runner", Image: c.Info.Images["pause"], ImagePullPolicy: corev1.PullNever}},
+		},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("creating runner pod %s/%s: %v", ns, name, err)
+	}
+	return pod
+}
