@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
 )
 
@@ -46,6 +47,20 @@ func TestIntegrationCLIInsideJobPod(t *testing.T) {
 		// While the job runs: the builder pod and its Secret are owned by the job pod.
 		pods := w.waitBuilderPods(ctx, t, 1, func(*corev1.Pod) bool { return true })
 		checkOwnedBy(t, "pod", pods[0].ObjectMeta, job)
+		// The job's identity on the builder comes from GitLab Runner's annotations on the job pod.
+		for key, want := range map[string]string{
+			k8sprov.AnnotationCIPlatform:   "gitlab",
+			k8sprov.AnnotationJobID:        "4242",
+			k8sprov.AnnotationRepository:   "group/project",
+			k8sprov.AnnotationRepositoryID: "1234",
+			k8sprov.AnnotationJobURL:       "https://gitlab.example.invalid/group/project/-/jobs/4242",
+			k8sprov.AnnotationCommit:       "89abcdef0123456789abcdef0123456789abcdef",
+			k8sprov.AnnotationRunID:        "77",
+		} {
+			if got := pods[0].Annotations[key]; got != want {
+				t.Errorf("builder annotation %s = %q, want %q", key, got, want)
+			}
+		}
 		_, secrets := w.builderObjects(ctx, t)
 		for _, name := range secrets {
 			s, err := w.admin.CoreV1().Secrets(w.ns).Get(ctx, name, metav1.GetOptions{})
@@ -91,6 +106,8 @@ func TestIntegrationCLIInsideJobPod(t *testing.T) {
 			"in-cluster",
 			"Namespace: " + w.ns + " (from POD_NAMESPACE)",
 			fmt.Sprintf("Runner pod: %s (uid %s)", job.Name, job.UID),
+			"Job identity from the runner pod's annotations: job-id, repository-id, commit, job-url, job-name",
+			`the pod's annotation job.runner.gitlab.com/sha="89abcdef0123456789abcdef0123456789abcdef" replaces "0123456789abcdef0123456789abcdef01234567"`,
 		} {
 			if !strings.Contains(log, want) {
 				t.Errorf("job log lacks %q", want)
@@ -282,15 +299,16 @@ func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, work, script,
 		{Name: "CI_PIPELINE_ID", Value: "77"},
 		{Name: "CI_PROJECT_PATH", Value: "group/project"},
 		{Name: "CI_JOB_NAME", Value: "build-image"},
+		// A job's variables may redefine predefined ones; the pod's annotations (below) win.
 		{Name: "CI_COMMIT_SHA", Value: "0123456789abcdef0123456789abcdef01234567"},
-		{Name: "CI_JOB_URL", Value: "https://gitlab.example.invalid/group/project/-/jobs/4242"},
 		{Name: "BUILDKIT_IMAGE", Value: w.cluster.Info.Images["buildkit"]},
 		{Name: "RELEASE_FILE", Value: filepath.Join("/work", filepath.Base(releaseFile))},
 	}
 	pod, err := w.admin.CoreV1().Pods(w.ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:   "runner-abc123-project-1-concurrent-0-xyz",
-			Labels: map[string]string{"app": "gitlab-job"},
+			Name:        "runner-abc123-project-1-concurrent-0-xyz",
+			Labels:      map[string]string{"app": "gitlab-job"},
+			Annotations: gitlabJobPodAnnotations,
 		},
 		Spec: corev1.PodSpec{
 			RestartPolicy:                 corev1.RestartPolicyNever,
@@ -322,6 +340,19 @@ func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, work, script,
 		}
 	})
 	return pod
+}
+
+// gitlabJobPodAnnotations are the annotations GitLab Runner's Kubernetes executor writes on a job
+// pod. The project id and job URL are nowhere in the job's variables here, and the commit differs
+// from CI_COMMIT_SHA: the builders must carry the pod's values.
+var gitlabJobPodAnnotations = map[string]string{
+	"job.runner.gitlab.com/id":         "4242",
+	"job.runner.gitlab.com/url":        "https://gitlab.example.invalid/group/project/-/jobs/4242",
+	"job.runner.gitlab.com/sha":        "89abcdef0123456789abcdef0123456789abcdef",
+	"job.runner.gitlab.com/before_sha": "0000000000000000000000000000000000000000",
+	"job.runner.gitlab.com/ref":        "main",
+	"job.runner.gitlab.com/name":       "build-image",
+	"project.runner.gitlab.com/id":     "1234",
 }
 
 // waitJobPodDone waits until the job pod has ended and returns its phase.

@@ -149,14 +149,15 @@ func renameInputs(err error) error {
 // jobIdentity converts the CI adapter's identity into the provisioner's.
 func jobIdentity(j ci.JobIdentity) k8sprov.JobIdentity {
 	return k8sprov.JobIdentity{
-		CIPlatform: j.CIPlatform,
-		Repository: j.Repository,
-		RunID:      j.RunID,
-		RunAttempt: j.RunAttempt,
-		JobID:      j.JobID,
-		JobName:    j.JobName,
-		Commit:     j.Commit,
-		URL:        j.URL,
+		CIPlatform:   j.CIPlatform,
+		Repository:   j.Repository,
+		RepositoryID: j.RepositoryID,
+		RunID:        j.RunID,
+		RunAttempt:   j.RunAttempt,
+		JobID:        j.JobID,
+		JobName:      j.JobName,
+		Commit:       j.Commit,
+		URL:          j.URL,
 	}
 }
 

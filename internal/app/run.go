@@ -179,7 +179,9 @@ func (b boolInput) IsBoolFlag() bool { return true }
 
 // jobFlags are the job identity's fields; on GitLab their defaults come from its variables.
 type jobFlags struct {
-	ciPlatform, repository, runID, jobID, jobName, commit, url string
+	ciPlatform, repository, repositoryID, runID, jobID, jobName, commit, url string
+	// explicit names the flags given on the command line.
+	explicit map[string]bool
 }
 
 func (j *jobFlags) register(fs *flag.FlagSet, d Deps) {
@@ -202,6 +204,7 @@ func (j *jobFlags) register(fs *flag.FlagSet, d Deps) {
 	}
 	fs.StringVar(&j.ciPlatform, "ci-platform", platformDefault, "CI system, recorded on the builders")
 	fs.StringVar(&j.repository, "repository", env("CI_PROJECT_PATH"), "repository or project, recorded on the builders")
+	fs.StringVar(&j.repositoryID, ci.JobFieldRepositoryID, env("CI_PROJECT_ID"), "numeric repository or project id, recorded on the builders (the janitor asks GitLab by it)")
 	fs.StringVar(&j.runID, "run-id", env("CI_PIPELINE_ID"), "run or pipeline id")
 	fs.StringVar(&j.jobID, "job-id", jobDefault, "job id, unique among the jobs running at the same time; with the other fields it names the builders")
 	fs.StringVar(&j.jobName, "job-name", env("CI_JOB_NAME"), "job name, recorded on the builders")
@@ -210,7 +213,26 @@ func (j *jobFlags) register(fs *flag.FlagSet, d Deps) {
 }
 
 func (j *jobFlags) identity() ci.JobIdentity {
-	return ci.JobIdentity{CIPlatform: j.ciPlatform, Repository: j.repository, RunID: j.runID, JobID: j.jobID, JobName: j.jobName, Commit: j.commit, URL: j.url}
+	return ci.JobIdentity{CIPlatform: j.ciPlatform, Repository: j.repository, RepositoryID: j.repositoryID, RunID: j.runID,
+		JobID: j.jobID, JobName: j.jobName, Commit: j.commit, URL: j.url}
+}
+
+// recordExplicit notes which flags the command line set; call it after parsing.
+func (j *jobFlags) recordExplicit(fs *flag.FlagSet) {
+	j.explicit = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { j.explicit[f.Name] = true })
+}
+
+// jobFromRunnerPod is how up refines the identity with the runner pod's annotations: on GitLab
+// (a job on the Kubernetes executor, whose pod GitLab Runner annotates with the job), the
+// job.runner.gitlab.com/* annotations override the CI/CD variables but not explicit flags.
+func (j *jobFlags) jobFromRunnerPod() func(ci.JobIdentity, map[string]string) (ci.JobIdentity, []string, []string) {
+	if j.ciPlatform != "gitlab" {
+		return nil
+	}
+	return func(job ci.JobIdentity, annotations map[string]string) (ci.JobIdentity, []string, []string) {
+		return ci.JobFromGitLabPod(job, annotations, func(field string) bool { return j.explicit[field] })
+	}
 }
 
 // defaultStateDir is where up keeps its state when --state-dir is not given.
@@ -269,6 +291,7 @@ func runUp(ctx context.Context, args []string, d Deps) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	job.recordExplicit(fs)
 	for name, v := range values {
 		inputs[name] = *v
 	}
@@ -281,12 +304,13 @@ func runUp(ctx context.Context, args []string, d Deps) error {
 		return fmt.Errorf("creating the state directory: %w", err)
 	}
 	sh, err := ci.NewShell(ci.ShellConfig{
-		Inputs:   inputs,
-		Job:      job.identity(),
-		StateDir: *stateDir,
-		Exports:  d.Stdout,
-		Log:      d.Stderr,
-		Debug:    inputs[InputDebug] == "true",
+		Inputs:           inputs,
+		Job:              job.identity(),
+		JobFromRunnerPod: job.jobFromRunnerPod(),
+		StateDir:         *stateDir,
+		Exports:          d.Stdout,
+		Log:              d.Stderr,
+		Debug:            inputs[InputDebug] == "true",
 	})
 	if err != nil {
 		return err

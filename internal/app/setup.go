@@ -201,6 +201,9 @@ func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, k
 	}
 	if owner != nil {
 		p.Infof("Runner pod: %s (uid %s); the builders are owned by it and go when it goes", owner.Name, owner.UID)
+		if opts, err = jobFromRunnerPod(p, opts, owner); err != nil {
+			return nil, k8sprov.Plan{}, err
+		}
 	} else {
 		p.Infof("Runner pod: none (owner-pod: none); cleanup relies on the post step, the pods' deadline and the janitor")
 	}
@@ -210,6 +213,30 @@ func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, k
 	}
 	p.Infof("Job key: %s; platforms: %s", plan.Key, platform.FormatList(plan.Platforms))
 	return kube, plan, nil
+}
+
+// jobFromRunnerPod lets a platform whose CI system describes the job on the pod it runs in
+// (GitLab's Kubernetes executor) take the job's identity from the runner pod's annotations,
+// and returns opts with that identity. It costs no request: owner discovery read the pod.
+func jobFromRunnerPod(p ci.Platform, opts k8sprov.Options, owner *k8sprov.RunnerPod) (k8sprov.Options, error) {
+	refiner, ok := p.(ci.RunnerPodJob)
+	if !ok {
+		return opts, nil
+	}
+	taken, notes := refiner.JobFromRunnerPod(owner.Annotations)
+	for _, note := range notes {
+		p.Warningf("Job identity: %s", note)
+	}
+	if len(taken) == 0 {
+		return opts, nil
+	}
+	job := jobIdentity(p.Job())
+	if err := job.Validate(); err != nil {
+		return opts, fmt.Errorf("the job identity from the runner pod %s's annotations: %w", owner.Name, err)
+	}
+	opts.Job = job
+	p.Infof("Job identity from the runner pod's annotations: %s", strings.Join(taken, ", "))
+	return opts, nil
 }
 
 // Names of the environment variables Main exports (see the package documentation).

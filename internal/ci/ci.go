@@ -74,6 +74,9 @@ type JobIdentity struct {
 	CIPlatform string
 	// Repository is the repository or project, e.g. "org/app".
 	Repository string
+	// RepositoryID is the CI system's numeric id of the repository or project
+	// (GITHUB_REPOSITORY_ID, CI_PROJECT_ID); empty when unknown.
+	RepositoryID string
 	// RunID is the workflow run or pipeline id.
 	RunID string
 	// RunAttempt is the attempt of the run; empty where the CI system has none.

@@ -83,15 +83,16 @@ func (g *GitHub) Input(name string) string {
 // run at the same time, since a runner runs one job at a time.
 func (g *GitHub) Job() JobIdentity {
 	id := JobIdentity{
-		CIPlatform: g.Name(),
-		Repository: g.getenv("GITHUB_REPOSITORY"),
-		RunID:      g.getenv("GITHUB_RUN_ID"),
-		RunAttempt: g.getenv("GITHUB_RUN_ATTEMPT"),
-		JobID:      g.Input(InputJobID),
-		JobName:    g.getenv("GITHUB_JOB"),
-		Commit:     g.getenv("GITHUB_SHA"),
-		RunnerName: g.getenv("RUNNER_NAME"),
-		RunnerPod:  g.getenv("ACTIONS_RUNNER_POD_NAME"),
+		CIPlatform:   g.Name(),
+		Repository:   g.getenv("GITHUB_REPOSITORY"),
+		RepositoryID: g.getenv("GITHUB_REPOSITORY_ID"),
+		RunID:        g.getenv("GITHUB_RUN_ID"),
+		RunAttempt:   g.getenv("GITHUB_RUN_ATTEMPT"),
+		JobID:        g.Input(InputJobID),
+		JobName:      g.getenv("GITHUB_JOB"),
+		Commit:       g.getenv("GITHUB_SHA"),
+		RunnerName:   g.getenv("RUNNER_NAME"),
+		RunnerPod:    g.getenv("ACTIONS_RUNNER_POD_NAME"),
 	}
 	if id.JobID == "" {
 		id.JobID = id.JobName

@@ -110,20 +110,21 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 }
 
 // GitLabJob reads a GitLab job's identity from its predefined CI/CD variables, each prefixed by
-// prefix: CI_PROJECT_PATH, CI_PIPELINE_ID, CI_JOB_ID, CI_JOB_NAME, CI_COMMIT_SHA, CI_JOB_URL.
+// prefix: CI_PROJECT_PATH, CI_PROJECT_ID, CI_PIPELINE_ID, CI_JOB_ID, CI_JOB_NAME, CI_COMMIT_SHA, CI_JOB_URL.
 // GitLab has no run attempts: a retried job is a new job with a new id. The CLI fills its
 // Shell adapter's Job with it (prefix "") so that builders of GitLab jobs carry CIPlatform
 // "gitlab" and the janitor can ask GitLab about them.
 func GitLabJob(getenv func(string) string, prefix string) JobIdentity {
 	v := func(name string) string { return strings.TrimSpace(getenv(prefix + name)) }
 	return JobIdentity{
-		CIPlatform: "gitlab",
-		Repository: v("CI_PROJECT_PATH"),
-		RunID:      v("CI_PIPELINE_ID"),
-		JobID:      v("CI_JOB_ID"),
-		JobName:    v("CI_JOB_NAME"),
-		Commit:     v("CI_COMMIT_SHA"),
-		URL:        v("CI_JOB_URL"),
+		CIPlatform:   "gitlab",
+		Repository:   v("CI_PROJECT_PATH"),
+		RepositoryID: v("CI_PROJECT_ID"),
+		RunID:        v("CI_PIPELINE_ID"),
+		JobID:        v("CI_JOB_ID"),
+		JobName:      v("CI_JOB_NAME"),
+		Commit:       v("CI_COMMIT_SHA"),
+		URL:          v("CI_JOB_URL"),
 	}
 }
 

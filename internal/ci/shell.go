@@ -45,6 +45,9 @@ type ShellConfig struct {
 	Debug bool
 	// TempDir is the directory for temporary files; empty means StateDir.
 	TempDir string
+	// JobFromRunnerPod, when set, refines Job with the annotations of the pod the job runs in
+	// (JobFromGitLabPod for GitLab's Kubernetes executor); see RunnerPodJob.
+	JobFromRunnerPod func(job JobIdentity, annotations map[string]string) (JobIdentity, []string, []string)
 }
 
 // Shell is the Platform of the plain CLI, for a person at a terminal or a CI system without an
@@ -97,8 +100,28 @@ func (s *Shell) Name() string { return s.cfg.Job.CIPlatform }
 // Input returns the configured input, trimmed.
 func (s *Shell) Input(name string) string { return strings.TrimSpace(s.cfg.Inputs[name]) }
 
-// Job returns the configured identity.
-func (s *Shell) Job() JobIdentity { return s.cfg.Job }
+// Job returns the configured identity, as JobFromRunnerPod refined it.
+func (s *Shell) Job() JobIdentity {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.cfg.Job
+}
+
+var _ RunnerPodJob = (*Shell)(nil)
+
+// JobFromRunnerPod refines the identity with the runner pod's annotations when the
+// configuration says how (ShellConfig.JobFromRunnerPod); otherwise it takes nothing.
+func (s *Shell) JobFromRunnerPod(annotations map[string]string) (taken, notes []string) {
+	if s.cfg.JobFromRunnerPod == nil {
+		return nil, nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	job, taken, notes := s.cfg.JobFromRunnerPod(s.cfg.Job, annotations)
+	job.CIPlatform = s.cfg.Job.CIPlatform
+	s.cfg.Job = job
+	return taken, notes
+}
 
 // IsPost returns the configured Post.
 func (s *Shell) IsPost() bool { return s.cfg.Post }

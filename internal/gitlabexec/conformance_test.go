@@ -112,7 +112,7 @@ func (f fakeHooks) Up(ctx context.Context, p ci.Platform) error {
 			return err
 		}
 	}
-	f.record("up %s repo=%s platforms=%s namespace=%s name=%q commit=%s", job.JobID, job.Repository, p.Input("platforms"), p.Input("namespace"), job.JobName, job.Commit)
+	f.record("up %s repo=%s project=%s platforms=%s namespace=%s name=%q commit=%s", job.JobID, job.Repository, job.RepositoryID, p.Input("platforms"), p.Input("namespace"), job.JobName, job.Commit)
 	return nil
 }
 
@@ -479,7 +479,7 @@ func TestConformanceJobSucceeds(t *testing.T) {
 		t.Errorf("cleanup did not log what it removed:\n%s", res.stderr)
 	}
 	wantLedger := []string{
-		`up 1001 repo=group/app platforms=linux/amd64,linux/arm64 namespace=ci name="image" commit=0ff3ae198f8601a285adcf5c0fff204ee6fba5fd`,
+		`up 1001 repo=group/app project=42 platforms=linux/amd64,linux/arm64 namespace=ci name="image" commit=0ff3ae198f8601a285adcf5c0fff204ee6fba5fd`,
 		"down 1001 builder=buildkit-job1001 post=true",
 	}
 	if got := r.ledgerLines(); strings.Join(got, "\n") != strings.Join(wantLedger, "\n") {

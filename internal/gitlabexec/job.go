@@ -51,7 +51,7 @@ var digits = regexp.MustCompile(`^[0-9]{1,19}$`)
 
 // job finds the job of this stage. Its id comes from the runner's job response when there is
 // one: a job's CI/CD variables may override CI_JOB_ID, and the id names the directory with the
-// job's client key. Name and commit come from there too; the rest from CUSTOM_ENV_ variables.
+// job's client key. Name, commit and project id come from there too; the rest from CUSTOM_ENV_ variables.
 func (e *Executor) job() (Job, error) {
 	s := e.settings()
 	id := ci.GitLabJob(e.getenv, ci.GitLabCustomExecutorPrefix)
@@ -68,6 +68,9 @@ func (e *Executor) job() (Job, error) {
 		if resp.ID > 0 {
 			id.JobID = strconv.FormatInt(resp.ID, 10)
 			job.Trusted = true
+		}
+		if resp.JobInfo.ProjectID > 0 {
+			id.RepositoryID = strconv.FormatInt(resp.JobInfo.ProjectID, 10)
 		}
 		if resp.JobInfo.Name != "" {
 			id.JobName = resp.JobInfo.Name

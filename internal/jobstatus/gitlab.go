@@ -53,7 +53,8 @@ type GitLabConfig struct {
 }
 
 // GitLab answers whether a GitLab CI job finished, through
-// `GET /api/v4/projects/:id/jobs/:job_id` with the project's path (URL-encoded) as :id. The
+// `GET /api/v4/projects/:id/jobs/:job_id` with the project's numeric id as :id when the
+// builders carry one (RepositoryID), else its path (URL-encoded). The
 // client library's own retries are off: the janitor runs again in a few minutes anyway, and a
 // failed request only means the builders are kept until then.
 type GitLab struct {
@@ -93,11 +94,16 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 // JobFinished reports whether the job's status is success, failed, canceled or skipped. The
 // other documented statuses (created, pending, running, waiting_for_resource, manual,
 // scheduled, preparing, canceling) are false; an unknown status, an API error (a 404 too: the
-// project may have been renamed or deleted, and expiry handles that) or an identity without
-// project path and numeric job id is an error.
+// project may have been deleted, or renamed when only its path is known, and expiry handles
+// that) or an identity without project id or path and numeric job id is an error.
 func (g *GitLab) JobFinished(ctx context.Context, job k8sprov.JobIdentity) (bool, error) {
-	if job.Repository == "" {
-		return false, fmt.Errorf("GitLab job %q has no project path: %w", job.JobID, ErrUnaskable)
+	// The numeric project id names the project even after it was renamed or moved; the path
+	// is the fallback for builders that carry none.
+	var project any = job.Repository
+	if id, err := strconv.ParseInt(job.RepositoryID, 10, 64); err == nil && id > 0 {
+		project = id
+	} else if job.Repository == "" {
+		return false, fmt.Errorf("GitLab job %q has no project id or path: %w", job.JobID, ErrUnaskable)
 	}
 	jobID, err := strconv.ParseInt(job.JobID, 10, 64)
 	if err != nil || jobID <= 0 {
@@ -108,9 +114,9 @@ func (g *GitLab) JobFinished(ctx context.Context, job k8sprov.JobIdentity) (bool
 	}
 	ctx, cancel := withTimeout(ctx, g.timeout)
 	defer cancel()
-	j, _, err := g.client.Jobs.GetJob(job.Repository, jobID, gitlab.WithContext(ctx))
+	j, _, err := g.client.Jobs.GetJob(project, jobID, gitlab.WithContext(ctx))
 	if err != nil {
-		return false, fmt.Errorf("asking GitLab for job %d of %s: %w", jobID, job.Repository, err)
+		return false, fmt.Errorf("asking GitLab for job %d of project %v: %w", jobID, project, err)
 	}
 	status := strings.TrimSpace(j.Status)
 	switch {
@@ -119,5 +125,5 @@ func (g *GitLab) JobFinished(ctx context.Context, job k8sprov.JobIdentity) (bool
 	case gitlabUnfinished[status]:
 		return false, nil
 	}
-	return false, fmt.Errorf("GitLab job %d of %s has status %q: %w", jobID, job.Repository, status, ErrUnknownStatus)
+	return false, fmt.Errorf("GitLab job %d of project %v has status %q: %w", jobID, project, status, ErrUnknownStatus)
 }

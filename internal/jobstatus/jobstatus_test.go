@@ -221,6 +221,22 @@ func TestGitLabJobFinished(t *testing.T) {
 	}
 }
 
+// A project renamed after its job started is found by the numeric id the builders carry: the
+// old path would answer 404 and keep a dead job's builders until they expire.
+func TestGitLabAsksByProjectIDWhenKnown(t *testing.T) {
+	s := newAPIServer(t)
+	s.set("/api/v4/projects/278964/jobs/123", http.StatusOK, gitlabJob(123, "success"))
+	s.set("/api/v4/projects/group%2Fold-name/jobs/123", http.StatusNotFound, `{"message":"404 Project Not Found"}`)
+	job := k8sprov.JobIdentity{CIPlatform: "gitlab", Repository: "group/old-name", RepositoryID: "278964", JobID: "123"}
+	finished, err := gitlabChecker(t, s, time.Second).JobFinished(context.Background(), job)
+	if err != nil || !finished {
+		t.Fatalf("JobFinished = %v, %v; want true from /projects/278964", finished, err)
+	}
+	if reqs := s.recorded(); len(reqs) != 1 || reqs[0].URL.EscapedPath() != "/api/v4/projects/278964/jobs/123" {
+		t.Errorf("requests %v, want one to /api/v4/projects/278964/jobs/123", reqs)
+	}
+}
+
 func TestGitLabErrorsAreNeverFinished(t *testing.T) {
 	const path = "/api/v4/projects/group%2Fapp/jobs/7"
 	job := k8sprov.JobIdentity{CIPlatform: "gitlab", Repository: "group/app", JobID: "7"}

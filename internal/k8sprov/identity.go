@@ -20,6 +20,10 @@ type JobIdentity struct {
 	CIPlatform string
 	// Repository is the repository or project, e.g. "org/app".
 	Repository string
+	// RepositoryID is the CI system's numeric id of Repository (GitLab's project id, GitHub's
+	// repository id). Descriptive, not part of the key; the janitor prefers it to the path,
+	// which changes when a project is renamed or moved.
+	RepositoryID string
 	// RunID is the workflow run or pipeline id.
 	RunID string
 	// RunAttempt is the attempt of the run (GitHub re-runs); empty where the CI has none.
@@ -39,6 +43,7 @@ type JobIdentity struct {
 const (
 	IdentityCIPlatform = "job.ci-platform"
 	IdentityRepository = "job.repository"
+	IdentityRepoID     = "job.repository-id"
 	IdentityRunID      = "job.run-id"
 	IdentityRunAttempt = "job.run-attempt"
 	IdentityJobID      = "job.job-id"
@@ -54,6 +59,7 @@ const maxIdentityFieldLength = 1024
 var (
 	ciPlatformPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$`)
 	commitPattern     = regexp.MustCompile(`^[0-9a-fA-F]{7,64}$`)
+	numericIDPattern  = regexp.MustCompile(`^[1-9][0-9]{0,19}$`)
 )
 
 // Validate checks every field and returns all problems joined, each an *InputError.
@@ -65,6 +71,7 @@ func (id JobIdentity) Validate() error {
 	}{
 		{IdentityCIPlatform, id.CIPlatform, true},
 		{IdentityRepository, id.Repository, false},
+		{IdentityRepoID, id.RepositoryID, false},
 		{IdentityRunID, id.RunID, false},
 		{IdentityRunAttempt, id.RunAttempt, false},
 		{IdentityJobID, id.JobID, true},
@@ -95,6 +102,10 @@ func (id JobIdentity) Validate() error {
 		errs = append(errs, &InputError{Input: IdentityCommit, Value: id.Commit, Err: errors.New("not a commit hash"),
 			Accepted: "7 to 64 hexadecimal digits"})
 	}
+	if id.RepositoryID != "" && !numericIDPattern.MatchString(id.RepositoryID) && len(id.RepositoryID) <= maxIdentityFieldLength {
+		errs = append(errs, &InputError{Input: IdentityRepoID, Value: id.RepositoryID, Err: errors.New("not a numeric id"),
+			Accepted: "a positive decimal number, such as GitLab's CI_PROJECT_ID or GitHub's GITHUB_REPOSITORY_ID"})
+	}
 	if id.URL != "" {
 		u, err := url.Parse(id.URL)
 		if err == nil && (u.Scheme != "http" && u.Scheme != "https" || u.Host == "") {
@@ -119,7 +130,8 @@ const jobKeyLength = 12
 var jobKeyEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
 // Key derives the job key from the fields that identify one attempt of one job: CI platform,
-// repository, run, attempt and job id. JobName, Commit and URL are descriptive and left out, so
+// repository, run, attempt and job id. RepositoryID, JobName, Commit and URL are descriptive and
+// left out, so
 // correcting them does not orphan builders.
 func (id JobIdentity) Key() JobKey {
 	h := sha256.New()

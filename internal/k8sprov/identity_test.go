@@ -16,7 +16,7 @@ func TestJobKeyIsStableShortAndDistinct(t *testing.T) {
 		t.Errorf("key %q is not a short DNS label and label value", key)
 	}
 	descriptive := testJob
-	descriptive.JobName, descriptive.Commit, descriptive.URL = "renamed", "ffffffff", "https://elsewhere.example/"
+	descriptive.JobName, descriptive.Commit, descriptive.URL, descriptive.RepositoryID = "renamed", "ffffffff", "https://elsewhere.example/", "99"
 	if descriptive.Key() != key {
 		t.Error("descriptive fields changed the key: correcting them would orphan builders")
 	}
@@ -48,6 +48,7 @@ func TestJobIdentityValidate(t *testing.T) {
 		IdentityCommit:     func(id *JobIdentity) { id.Commit = "main" },
 		IdentityURL:        func(id *JobIdentity) { id.URL = "/relative" },
 		IdentityJobName:    func(id *JobIdentity) { id.JobName = "two\nlines" },
+		IdentityRepoID:     func(id *JobIdentity) { id.RepositoryID = "group/app" },
 	} {
 		id := testJob
 		change(&id)

@@ -31,7 +31,7 @@ type GCDecision struct {
 func JobFromAnnotations(obj metav1.Object) JobIdentity {
 	a := obj.GetAnnotations()
 	return JobIdentity{
-		CIPlatform: a[AnnotationCIPlatform], Repository: a[AnnotationRepository], RunID: a[AnnotationRunID],
+		CIPlatform: a[AnnotationCIPlatform], Repository: a[AnnotationRepository], RepositoryID: a[AnnotationRepositoryID], RunID: a[AnnotationRunID],
 		RunAttempt: a[AnnotationRunAttempt], JobID: a[AnnotationJobID], JobName: a[AnnotationJobName],
 		Commit: a[AnnotationCommit], URL: a[AnnotationJobURL],
 	}

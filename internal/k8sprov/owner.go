@@ -115,7 +115,7 @@ func ResolveOwner(ctx context.Context, client kubernetes.Interface, namespace st
 				notFound.Tried = append(notFound.Tried, fmt.Sprintf("%s=%q (being deleted)", c.source, c.name))
 				continue
 			}
-			return &RunnerPod{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID}, nil
+			return &RunnerPod{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, Annotations: pod.Annotations}, nil
 		case apierrors.IsNotFound(err):
 			notFound.Tried = append(notFound.Tried, fmt.Sprintf("%s=%q (no such pod)", c.source, c.name))
 		default:

@@ -42,12 +42,14 @@ const (
 const (
 	AnnotationCIPlatform = reservedPrefix + "ci-platform"
 	AnnotationRepository = reservedPrefix + "repository"
-	AnnotationRunID      = reservedPrefix + "run-id"
-	AnnotationRunAttempt = reservedPrefix + "run-attempt"
-	AnnotationJobID      = reservedPrefix + "job-id"
-	AnnotationJobName    = reservedPrefix + "job-name"
-	AnnotationCommit     = reservedPrefix + "commit"
-	AnnotationJobURL     = reservedPrefix + "job-url"
+	// AnnotationRepositoryID is the numeric project or repository id, which survives renames.
+	AnnotationRepositoryID = reservedPrefix + "repository-id"
+	AnnotationRunID        = reservedPrefix + "run-id"
+	AnnotationRunAttempt   = reservedPrefix + "run-attempt"
+	AnnotationJobID        = reservedPrefix + "job-id"
+	AnnotationJobName      = reservedPrefix + "job-name"
+	AnnotationCommit       = reservedPrefix + "commit"
+	AnnotationJobURL       = reservedPrefix + "job-url"
 	// AnnotationPlatform holds the full platform ("linux/arm/v7"), which a label cannot.
 	AnnotationPlatform = reservedPrefix + "platform"
 	// AnnotationCreatedAt and AnnotationExpiresAt are RFC 3339 times in UTC.
@@ -104,6 +106,10 @@ type RunnerPod struct {
 	Name      string
 	Namespace string
 	UID       types.UID
+	// Annotations are the runner pod's annotations when it was looked up, for CI systems that
+	// describe the job there (GitLab's Kubernetes executor: job.runner.gitlab.com/*). Not kept
+	// in the job's state: only the main phase reads them.
+	Annotations map[string]string `json:"-"`
 }
 
 // Resolution is what the provisioner learns from the cluster before rendering.
@@ -263,14 +269,15 @@ func (p Plan) annotations() map[string]string {
 	}
 	job := p.Options.Job
 	for key, value := range map[string]string{
-		AnnotationCIPlatform: job.CIPlatform,
-		AnnotationRepository: job.Repository,
-		AnnotationRunID:      job.RunID,
-		AnnotationRunAttempt: job.RunAttempt,
-		AnnotationJobID:      job.JobID,
-		AnnotationJobName:    job.JobName,
-		AnnotationCommit:     job.Commit,
-		AnnotationJobURL:     job.URL,
+		AnnotationCIPlatform:   job.CIPlatform,
+		AnnotationRepository:   job.Repository,
+		AnnotationRepositoryID: job.RepositoryID,
+		AnnotationRunID:        job.RunID,
+		AnnotationRunAttempt:   job.RunAttempt,
+		AnnotationJobID:        job.JobID,
+		AnnotationJobName:      job.JobName,
+		AnnotationCommit:       job.Commit,
+		AnnotationJobURL:       job.URL,
 	} {
 		if value != "" {
 			annotations[key] = value

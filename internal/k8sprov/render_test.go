@@ -25,14 +25,15 @@ var (
 	fixedTime  = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	testRunner = &RunnerPod{Name: "arc-runner-x7k2p-runner-9zq4m", Namespace: "ci", UID: "3f1c2b9a-5d4e-4c3b-9a8f-7e6d5c4b3a21"}
 	testJob    = JobIdentity{
-		CIPlatform: "github",
-		Repository: "org/app",
-		RunID:      "9876543210",
-		RunAttempt: "1",
-		JobID:      "27182818284",
-		JobName:    "image (linux/amd64,linux/arm64)",
-		Commit:     "0123456789abcdef0123456789abcdef01234567",
-		URL:        "https://github.example/org/app/actions/runs/9876543210/job/27182818284",
+		CIPlatform:   "github",
+		Repository:   "org/app",
+		RepositoryID: "1296269",
+		RunID:        "9876543210",
+		RunAttempt:   "1",
+		JobID:        "27182818284",
+		JobName:      "image (linux/amd64,linux/arm64)",
+		Commit:       "0123456789abcdef0123456789abcdef01234567",
+		URL:          "https://github.example/org/app/actions/runs/9876543210/job/27182818284",
 	}
 )
 
