@@ -75,6 +75,9 @@ func WriteGCReport(w io.Writer, namespace string, decisions []k8sprov.GCDecision
 	fmt.Fprintf(tw, "JOB KEY\tACTION\tREASON\tOBJECTS\n")
 	for _, d := range decisions {
 		action := "keep"
+		if d.Deleting {
+			action = "deleting"
+		}
 		if d.Delete {
 			action = "delete"
 			if dryRun {

@@ -24,7 +24,10 @@ type GCDecision struct {
 	Key     JobKey
 	Objects []string
 	Delete  bool
-	Reason  string
+	// Deleting says every object of the job is already being deleted (its pods drain running
+	// builds first): nothing to judge, and no CI system is asked again.
+	Deleting bool
+	Reason   string
 }
 
 // JobFromAnnotations reads the job identity the provisioner wrote onto a builder.
@@ -85,6 +88,11 @@ func (p *Provisioner) CollectGarbage(ctx context.Context, ns string, checker Job
 		key := JobKey(k)
 		j := jobs[key]
 		decision := GCDecision{Key: key, Objects: j.names}
+		if allBeingDeleted(j.objects) {
+			decision.Deleting, decision.Reason = true, "already being deleted"
+			decisions = append(decisions, decision)
+			continue
+		}
 		decision.Delete, decision.Reason, err = p.judge(ctx, ns, j.objects, checker, ownerExists)
 		if err != nil {
 			errs = append(errs, err)
@@ -97,6 +105,17 @@ func (p *Provisioner) CollectGarbage(ctx context.Context, ns string, checker Job
 		}
 	}
 	return decisions, errors.Join(errs...)
+}
+
+// allBeingDeleted reports whether every object has a deletion timestamp: a job an earlier run
+// (or its post step) already removed, whose pods are still draining.
+func allBeingDeleted(objects []metav1.Object) bool {
+	for _, obj := range objects {
+		if obj.GetDeletionTimestamp() == nil {
+			return false
+		}
+	}
+	return len(objects) > 0
 }
 
 // judge decides about one job's objects: expiry first (needs no API call), then the owner, then
