@@ -249,20 +249,27 @@ func TestIntegrationJanitorAsksGitLabAndGitHub(t *testing.T) {
 		return actions
 	}
 	wantDeleted := map[string]bool{"gitlab-success": true, "github-cancelled": true}
+	// checkActions asserts the report's action for every job: deleteAction for the finished
+	// jobs, keep for the others.
+	checkActions := func(what, stdout, deleteAction string) {
+		t.Helper()
+		for _, j := range jobs {
+			want := "keep"
+			if wantDeleted[j.name] {
+				want = deleteAction
+			}
+			if got := report(stdout)[j.name]; got != want {
+				t.Errorf("%s: %s: %q, want %q", what, j.name, got, want)
+			}
+		}
+	}
 
 	// A dry run reports and deletes nothing.
 	code, stdout, stderr := run(ctx, janitorEnv, "gc", "--namespace", ns, "--dry-run")
 	t.Logf("gc --dry-run: exit %d\n%s%s", code, stdout, stderr)
-	for _, j := range jobs {
-		want := "keep"
-		if wantDeleted[j.name] {
-			want = "would delete"
-		}
-		if got := report(stdout)[j.name]; got != want {
-			t.Errorf("gc --dry-run: %s: %q, want %q", j.name, got, want)
-		}
-	}
-	if pods, secrets := builders(); len(pods) != len(jobs) || len(secrets) != len(jobs) {
+	checkActions("gc --dry-run", stdout, "would delete")
+	pods, secrets = builders()
+	if len(pods) != len(jobs) || len(secrets) != len(jobs) {
 		t.Errorf("gc --dry-run deleted something: %d pods and %d Secrets left", len(pods), len(secrets))
 	}
 	for _, p := range pods {
@@ -278,15 +285,7 @@ func TestIntegrationJanitorAsksGitLabAndGitHub(t *testing.T) {
 	if code == 0 || !strings.Contains(stderr, "500") {
 		t.Errorf("gc with GitLab answering 500 for one job: exit %d, stderr %q; want a failed run naming the error", code, stderr)
 	}
-	for _, j := range jobs {
-		want := "keep"
-		if wantDeleted[j.name] {
-			want = "delete"
-		}
-		if got := report(stdout)[j.name]; got != want {
-			t.Errorf("gc: %s: %q, want %q", j.name, got, want)
-		}
-	}
+	checkActions("gc", stdout, "delete")
 	pods, secrets = builders()
 	for _, j := range jobs {
 		key := keyOf[j.name]
