@@ -101,7 +101,7 @@ as a docker buildx builder with one node per platform.
 Commands:
   up       start the builders; prints export lines:  eval "$(setup-ephemeral-buildkit up --platforms linux/amd64,linux/arm64)"
   down     remove the builders, their Secret, the buildx builder and the certificate files
-  env      print the export lines of the builders that are up
+  env      print the environment exports of the builders that are up (BUILDX_*, BUILDKIT_*; not up's EPHEMERAL_BUILDKIT_* outputs)
   gc       remove builders of finished jobs in a namespace (expired, or runner pod gone)
   version  print the version
 
@@ -364,7 +364,8 @@ func (c *countingLogger) Warningf(format string, args ...any) {
 }
 
 func runEnv(args []string, d Deps) error {
-	fs := newFlagSet("env", "Prints the export lines of the builders `up` started, for a new shell: eval \"$(setup-ephemeral-buildkit env)\".", d)
+	fs := newFlagSet("env", "Prints the environment exports of the builders `up` started (BUILDX_*, BUILDKIT_*), for a new shell:\n"+
+		"eval \"$(setup-ephemeral-buildkit env)\". up's EPHEMERAL_BUILDKIT_* outputs describe the start-up and are not repeated.", d)
 	stateDir := fs.String("state-dir", defaultStateDir(d), "the state directory given to up")
 	if err := parseFlags(fs, args); err != nil {
 		return err
