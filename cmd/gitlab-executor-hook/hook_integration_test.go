@@ -234,37 +234,97 @@ func (j *hookJob) env() []string {
 	return env
 }
 
-// stage runs one hook process as the runner does and returns its exit code and output.
-func (j *hookJob) stage(ctx context.Context, limit time.Duration, args ...string) (int, string, string, error) {
-	ctx, cancel := context.WithTimeout(ctx, limit)
-	defer cancel()
+// startedStage is a hook process the runner has started and not yet waited for.
+type startedStage struct {
+	j              *hookJob
+	args           []string
+	cmd            *exec.Cmd
+	stdout, stderr *syncBuffer
+	done           chan struct{} // closed once Wait returned
+	waitErr        error         // Wait's result, once done is closed
+	exited         time.Time     // when Wait returned
+	waited         bool          // wait has added the output to the job's log
+}
+
+// start starts one hook process as the runner does: in a process group of its own, the job's
+// temporary directory as working directory. Its output can be read while it runs.
+func (j *hookJob) start(args ...string) (*startedStage, error) {
 	cmd := exec.Command(j.w.hook, args...)
 	cmd.Env = j.env()
 	cmd.Dir = j.tmp
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	s := &startedStage{j: j, args: args, cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = s.stdout, s.stderr
 	// The runner starts every stage in a process group of its own.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A process the stage leaves behind holding its output must not hang the test; what is left
+	// behind is for the tests to find.
+	cmd.WaitDelay = 10 * time.Second
 	if err := cmd.Start(); err != nil {
-		return 0, "", "", err
+		return nil, err
 	}
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
+	go func() {
+		s.waitErr = cmd.Wait()
+		s.exited = time.Now()
+		close(s.done)
+	}()
+	return s, nil
+}
+
+// signal sends sig to the stage's process group, as the runner does when the job is cancelled.
+func (s *startedStage) signal(sig syscall.Signal) error {
+	return syscall.Kill(-s.cmd.Process.Pid, sig)
+}
+
+// wait waits up to limit for the stage to exit, killing its process group then, adds its output
+// to the job's log and returns its exit code and output.
+func (s *startedStage) wait(ctx context.Context, limit time.Duration) (int, string, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
 	var err error
 	select {
-	case err = <-done:
+	case <-s.done:
+		err = s.waitErr
 	case <-ctx.Done():
-		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		<-done
-		err = fmt.Errorf("%v did not finish within %v", args, limit)
+		_ = s.signal(syscall.SIGKILL)
+		<-s.done
+		err = fmt.Errorf("%v did not finish within %v", s.args, limit)
 	}
-	fmt.Fprintf(&j.log, "=== job %d: %s\n--- stdout\n%s--- stderr\n%s", j.id, strings.Join(args, " "), stdout.String(), stderr.String())
+	stdout, stderr := s.stdout.String(), s.stderr.String()
+	s.waited = true
+	fmt.Fprintf(&s.j.log, "=== job %d: %s\n--- stdout\n%s--- stderr\n%s", s.j.id, strings.Join(s.args, " "), stdout, stderr)
 	code := 0
 	var exitErr *exec.ExitError
 	if errors.As(err, &exitErr) {
 		code, err = exitErr.ExitCode(), nil
 	}
-	return code, stdout.String(), stderr.String(), err
+	return code, stdout, stderr, err
+}
+
+// stage runs one hook process as the runner does and returns its exit code and output.
+func (j *hookJob) stage(ctx context.Context, limit time.Duration, args ...string) (int, string, string, error) {
+	s, err := j.start(args...)
+	if err != nil {
+		return 0, "", "", err
+	}
+	return s.wait(ctx, limit)
+}
+
+// syncBuffer is a bytes.Buffer the test can read while a stage writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // config runs config_exec and keeps job_env for the later stages.
@@ -302,19 +362,28 @@ func (j *hookJob) prepare(ctx context.Context) error {
 // run writes the sub-stage's script as the runner does — a file of its own in a fresh
 // directory under the job's temporary directory — and runs run_exec with it.
 func (j *hookJob) run(ctx context.Context, subStage, body string) (int, error) {
+	s, err := j.startRun(subStage, body)
+	if err != nil {
+		return 0, err
+	}
+	code, _, _, err := s.wait(ctx, 90*time.Second)
+	return code, err
+}
+
+// startRun writes the sub-stage's script as run does and starts run_exec with it.
+func (j *hookJob) startRun(subStage, body string) (*startedStage, error) {
 	j.scripts++
 	dir := filepath.Join(j.tmp, fmt.Sprintf("script%d", j.scripts))
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return 0, err
+		return nil, err
 	}
 	script := filepath.Join(dir, "script")
 	text := "#!/usr/bin/env bash\n\nset -eo pipefail\nset +o noclobber\n" +
 		"export CI_JOB_ID=" + strconv.FormatInt(j.id, 10) + " BUILDKIT_PROGRESS=plain\n" + body + "\n"
 	if err := os.WriteFile(script, []byte(text), 0o700); err != nil {
-		return 0, err
+		return nil, err
 	}
-	code, _, _, err := j.stage(ctx, 90*time.Second, "run", script, subStage)
-	return code, err
+	return j.start("run", script, subStage)
 }
 
 func (j *hookJob) mustRun(ctx context.Context, subStage, body string) error {

@@ -40,7 +40,7 @@ func Post(ctx context.Context, p ci.Platform, deps Deps) error {
 		p.Warningf("Reading the main step's state: %v", err)
 	}
 	if !ok {
-		p.Infof("Nothing to clean up: the main step created no builders.")
+		p.Infof("Nothing to clean up: no builders are recorded for this job (none were started, or an earlier cleanup removed them).")
 		return nil
 	}
 	if st.Removed {
@@ -134,6 +134,9 @@ func removeJob(ctx context.Context, p ci.Platform, d Deps, st jobState, kube *Ku
 		report, err := prov.Teardown(ctx, st.Namespace, st.Key, st.Owner, k8sprov.TeardownOptions{Timeout: teardownTimeout})
 		if len(report.Deleted) > 0 {
 			p.Infof("Deleted %s in namespace %s", strings.Join(report.Deleted, ", "), st.Namespace)
+		}
+		if len(report.Deleting) > 0 {
+			p.Infof("Already being deleted (draining running builds): %s", strings.Join(report.Deleting, ", "))
 		}
 		for _, skipped := range report.Skipped {
 			p.Warningf("Left %s", skipped)

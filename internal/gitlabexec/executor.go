@@ -288,13 +288,15 @@ func (e *Executor) Run(ctx context.Context, script, subStage string) error {
 	}
 	pgid := cmd.Process.Pid
 	done := make(chan struct{})
-	forwarded := make(chan bool, 1)
+	forwarded := make(chan time.Time, 1)
 	go func() { forwarded <- e.forward(ctx, pgid, s.KillGrace, done, stderr) }()
 	waitErr := cmd.Wait()
 	close(done)
-	if <-forwarded {
-		// The job was cancelled: nothing the script started may outlive it.
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+	if first := <-forwarded; !first.IsZero() {
+		// The job was cancelled. The shell may exit at once on SIGTERM while what it started
+		// (docker buildx cancelling its build) got the same signal and is still finishing: let
+		// it, until the grace from the first signal is over; nothing may outlive that.
+		e.reapGroup(pgid, first.Add(s.KillGrace), subStage, stderr)
 	}
 	var exitErr *exec.ExitError
 	switch {
@@ -321,16 +323,19 @@ func (e *Executor) Run(ctx context.Context, script, subStage string) error {
 }
 
 // forward passes signals to the process group pgid until done is closed, turns ctx ending into
-// SIGTERM, and kills the group grace after the first. It reports whether it forwarded anything.
-func (e *Executor) forward(ctx context.Context, pgid int, grace time.Duration, done <-chan struct{}, log io.Writer) bool {
+// SIGTERM, and kills the group grace after the first. It returns when it sent the first signal,
+// or the zero time when it sent none.
+func (e *Executor) forward(ctx context.Context, pgid int, grace time.Duration, done <-chan struct{}, log io.Writer) time.Time {
 	var (
-		kill     <-chan time.Time
-		ctxDone  = ctx.Done()
-		signals  = e.Signals
-		anything bool
+		kill    <-chan time.Time
+		ctxDone = ctx.Done()
+		signals = e.Signals
+		first   time.Time
 	)
 	send := func(sig syscall.Signal, why string) {
-		anything = true
+		if first.IsZero() {
+			first = e.now()
+		}
 		if err := syscall.Kill(-pgid, sig); err != nil && !errors.Is(err, syscall.ESRCH) {
 			fmt.Fprintf(log, "gitlab-executor-hook: sending %v to the script: %v\n", sig, err)
 			return
@@ -343,7 +348,7 @@ func (e *Executor) forward(ctx context.Context, pgid int, grace time.Duration, d
 	for {
 		select {
 		case <-done:
-			return anything
+			return first
 		case sig := <-signals:
 			s, ok := sig.(syscall.Signal)
 			if !ok {
@@ -357,6 +362,23 @@ func (e *Executor) forward(ctx context.Context, pgid int, grace time.Duration, d
 			signals, ctxDone = nil, nil
 			send(syscall.SIGKILL, fmt.Sprintf("the script did not exit within %v", grace))
 		}
+	}
+}
+
+// reapInterval is how often reapGroup looks whether the cancelled script's processes are gone.
+const reapInterval = 50 * time.Millisecond
+
+// reapGroup waits until no live process is left in the script's process group pgid, and kills
+// the group once deadline has passed.
+func (e *Executor) reapGroup(pgid int, deadline time.Time, subStage string, log io.Writer) {
+	for groupAlive(pgid) {
+		if !e.now().Before(deadline) {
+			if err := syscall.Kill(-pgid, syscall.SIGKILL); err == nil {
+				fmt.Fprintf(log, "gitlab-executor-hook: %s: the script's processes did not exit within the kill grace; killed them\n", subStage)
+			}
+			return
+		}
+		time.Sleep(reapInterval)
 	}
 }
 

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -155,6 +157,104 @@ func TestRunForwardsCancellation(t *testing.T) {
 	if got := stdout.String(); !strings.Contains(got, "started\n") || !strings.Contains(got, "TERM b\n") {
 		t.Errorf("script output %q", got)
 	}
+}
+
+// A cancelled script's shell exits at once on SIGTERM; what it started got the signal too and
+// may take a moment to finish (docker buildx cancelling its build). Run lets it, within the kill
+// grace, and kills what is still there after it.
+func TestRunGivesTheScriptsProcessesTheirGrace(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		child     string
+		wantDone  bool
+		wantKills bool
+	}{
+		{name: "finishes within the grace", child: `trap 'sleep 1; echo done > "$MARKER"; exit 0' TERM; sleep 30 & wait`, wantDone: true},
+		{name: "ignores SIGTERM", child: `trap '' TERM; sleep 30; echo done > "$MARKER"`, wantKills: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			marker := filepath.Join(root, "marker")
+			env := map[string]string{ci.GitLabCustomExecutorPrefix + "CI_JOB_ID": "98", EnvBuildFailureExitCode: "1"}
+			stderr := &lockedBuffer{}
+			e := &Executor{
+				Settings: Settings{StateDir: root, KillGrace: 3 * time.Second},
+				Getenv:   func(k string) string { return env[k] },
+				Environ:  func() []string { return []string{"PATH=" + os.Getenv("PATH"), "MARKER=" + marker} },
+				Stdout:   &bytes.Buffer{}, Stderr: stderr,
+			}
+			job, err := e.job()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.MkdirAll(job.Dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(job.EnvFile, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			pidFile := filepath.Join(root, "child.pid")
+			script := filepath.Join(root, "script.sh")
+			// The child writes its pid and keeps none of the script's output open.
+			body := fmt.Sprintf("sh -c %s >/dev/null 2>&1 &\necho $! > %q\nwait\n", shellQuote(tc.child), pidFile)
+			if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				for {
+					if data, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(data), "\n") {
+						time.Sleep(200 * time.Millisecond) // the child has set its trap
+						cancel()
+						return
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}()
+			start := time.Now()
+			err = e.Run(ctx, script, "step_script")
+			took := time.Since(start)
+			var build *BuildFailureError
+			if !errors.As(err, &build) {
+				t.Fatalf("Run = %v, want a build failure", err)
+			}
+			_, statErr := os.Stat(marker)
+			if done := statErr == nil; done != tc.wantDone {
+				t.Errorf("the child finished its work: %v, want %v (Run took %v)", done, tc.wantDone, took)
+			}
+			if killed := strings.Contains(stderr.String(), "did not exit within the kill grace"); killed != tc.wantKills {
+				t.Errorf("killed after the grace: %v, want %v; log %q", killed, tc.wantKills, stderr.String())
+			}
+			if took > 6*time.Second {
+				t.Errorf("Run took %v with a kill grace of 3s", took)
+			}
+			data, _ := os.ReadFile(pidFile)
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
+			if pid > 0 && groupAlive(pid) {
+				t.Errorf("the child %d is still running after Run returned", pid)
+			}
+		})
+	}
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// lockedBuffer is a bytes.Buffer safe for the hook's concurrent writes and the test's reads.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestCleanupWithoutJob(t *testing.T) {

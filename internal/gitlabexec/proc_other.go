@@ -9,3 +9,6 @@ import "syscall"
 func scriptProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Setpgid: true}
 }
+
+// groupAlive reports whether a process of group pgid still exists (zombies included).
+func groupAlive(pgid int) bool { return syscall.Kill(-pgid, 0) == nil }

@@ -196,13 +196,25 @@ func TestIntegrationProvisionTwoArchesOverMutualTLS(t *testing.T) {
 
 	env.requests.Store(0)
 	started := time.Now()
-	report, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Wait: true})
+	report, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{})
 	if err != nil {
 		t.Fatalf("Teardown: %v", err)
 	}
-	t.Logf("MEASURE teardown (waiting until pods are gone): %v, %d API requests; deleted %v; skipped %v", time.Since(started), env.requests.Load(), report.Deleted, report.Skipped)
-	if len(report.Deleted) != 3 {
-		t.Errorf("deleted %v, want two pods and one Secret", report.Deleted)
+	t.Logf("MEASURE teardown: %v, %d API requests; deleted %v; skipped %v", time.Since(started), env.requests.Load(), report.Deleted, report.Skipped)
+	if len(report.Deleted) != 3 || len(report.Deleting) != 0 {
+		t.Errorf("deleted %v, deleting %v; want two pods and one Secret deleted", report.Deleted, report.Deleting)
+	}
+	// A second teardown, as after a rollback or a repeated cleanup, while the pods drain: it
+	// does not delete them again, says they are being deleted, and waits until they are gone.
+	env.requests.Store(0)
+	report, err = prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Wait: true})
+	if err != nil {
+		t.Fatalf("second Teardown: %v", err)
+	}
+	t.Logf("MEASURE teardown while draining (waiting until pods are gone): %v since the first, %d API requests; deleting %v",
+		time.Since(started), env.requests.Load(), report.Deleting)
+	if len(report.Deleted) != 0 || len(report.Deleting) != 2 {
+		t.Errorf("second teardown: deleted %v, deleting %v; want nothing deleted again and both pods reported draining", report.Deleted, report.Deleting)
 	}
 	pods, _ := env.admin.CoreV1().Pods(env.ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(plan.Key)})
 	secrets, _ := env.admin.CoreV1().Secrets(env.ns).List(ctx, metav1.ListOptions{})

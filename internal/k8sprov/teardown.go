@@ -24,10 +24,15 @@ type TeardownOptions struct {
 	GracePeriod *int64
 }
 
-// TeardownReport lists what Teardown deleted and what it refused to touch, and why.
+// TeardownReport lists what Teardown deleted, what was already being deleted, and what it
+// refused to touch, and why.
 type TeardownReport struct {
 	Deleted []string
-	Skipped []string
+	// Deleting are pods an earlier teardown (the provisioner's own rollback, a first cleanup,
+	// the janitor) already deleted, still running their preStop drain. They are not deleted
+	// again unless GracePeriod asks to shorten their grace.
+	Deleting []string
+	Skipped  []string
 }
 
 // Teardown deletes exactly the pods and Secret of one job key in ns. It lists by the job-key
@@ -55,6 +60,11 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 		pod := &pods.Items[i]
 		if why := refuseDelete(pod, key, owner); why != "" {
 			report.Skipped = append(report.Skipped, "pod/"+pod.Name+": "+why)
+			continue
+		}
+		if pod.DeletionTimestamp != nil && opts.GracePeriod == nil {
+			report.Deleting = append(report.Deleting, "pod/"+pod.Name)
+			deletedPods = append(deletedPods, pod.UID)
 			continue
 		}
 		err := p.Client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{
