@@ -1,5 +1,6 @@
 // Package templates_test checks the GitLab CI/CD component in this directory: its inputs, the
-// flags it passes to the CLI, and its scripts, run as GitLab runs a job's scripts.
+// flags it passes to the CLI, and its scripts, run as GitLab runs a job's scripts (package
+// gitlabci reads and renders the component).
 package templates_test
 
 import (
@@ -10,59 +11,43 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 
-	"sigs.k8s.io/yaml"
-
 	"github.com/org/setup-ephemeral-buildkit/internal/app"
+	"github.com/org/setup-ephemeral-buildkit/internal/gitlabci"
 )
 
-type input struct {
-	Description string `json:"description"`
-	Default     any    `json:"default"`
-	Type        string `json:"type"`
-}
-
-type component struct {
-	inputs map[string]input
-	body   string
-}
-
-func loadComponent(t *testing.T) component {
+func loadComponent(t *testing.T) gitlabci.Component {
 	t.Helper()
-	data, err := os.ReadFile("buildkit.yml")
+	c, err := gitlabci.Load("buildkit.yml")
 	if err != nil {
 		t.Fatal(err)
 	}
-	header, body, ok := strings.Cut(string(data), "\n---\n")
-	if !ok {
-		t.Fatal("no --- between the spec header and the configuration")
-	}
-	var spec struct {
-		Spec struct {
-			Inputs map[string]input `json:"inputs"`
-		} `json:"spec"`
-	}
-	if err := yaml.UnmarshalStrict([]byte(header), &spec); err != nil {
-		t.Fatalf("header: %v", err)
-	}
-	return component{inputs: spec.Spec.Inputs, body: body}
+	return c
 }
 
-var interpolation = regexp.MustCompile(`\$\[\[\s*inputs\.([a-z0-9_-]+)\s*\]\]`)
+// hiddenJob interpolates the component with values, as GitLab does when a pipeline includes
+// it, and returns its hidden job.
+func hiddenJob(t *testing.T, c gitlabci.Component, values map[string]string) gitlabci.Job {
+	t.Helper()
+	j, err := c.Job(".ephemeral-buildkit", values)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
 
 func TestComponentInputs(t *testing.T) {
 	c := loadComponent(t)
 	used := map[string]bool{}
-	for _, m := range interpolation.FindAllStringSubmatch(c.body, -1) {
-		used[m[1]] = true
-		if _, ok := c.inputs[m[1]]; !ok {
-			t.Errorf("$[[ inputs.%s ]] is not declared in spec:inputs", m[1])
+	for _, name := range c.References() {
+		used[name] = true
+		if _, ok := c.Inputs[name]; !ok {
+			t.Errorf("$[[ inputs.%s ]] is not declared in spec:inputs", name)
 		}
 	}
-	for name, in := range c.inputs {
+	for name, in := range c.Inputs {
 		if !used[name] {
 			t.Errorf("input %s is never used", name)
 		}
@@ -80,41 +65,9 @@ func TestComponentInputs(t *testing.T) {
 	}
 }
 
-// interpolate replaces $[[ inputs.NAME ]] with the given values or the defaults, as GitLab does
-// when it includes the component.
-func (c component) interpolate(values map[string]string) string {
-	return interpolation.ReplaceAllStringFunc(c.body, func(m string) string {
-		name := interpolation.FindStringSubmatch(m)[1]
-		if v, ok := values[name]; ok {
-			return v
-		}
-		return fmt.Sprint(c.inputs[name].Default)
-	})
-}
-
-type hiddenJob struct {
-	Variables    map[string]string `json:"variables"`
-	BeforeScript []string          `json:"before_script"`
-	AfterScript  []string          `json:"after_script"`
-}
-
-func (c component) job(t *testing.T, values map[string]string) hiddenJob {
-	t.Helper()
-	var config map[string]hiddenJob
-	if err := yaml.UnmarshalStrict([]byte(c.interpolate(values)), &config); err != nil {
-		t.Fatalf("configuration: %v", err)
-	}
-	job, ok := config[".ephemeral-buildkit"]
-	if !ok {
-		t.Fatalf("no hidden job .ephemeral-buildkit in %v", config)
-	}
-	return job
-}
-
 // Every flag the component passes exists in the CLI.
 func TestComponentFlagsExist(t *testing.T) {
-	c := loadComponent(t)
-	job := c.job(t, nil)
+	job := hiddenJob(t, loadComponent(t), nil)
 	flag := regexp.MustCompile(`--([a-z][a-z0-9-]*)`)
 	for verb, lines := range map[string][]string{"up": job.BeforeScript, "down": job.AfterScript} {
 		var help bytes.Buffer
@@ -152,9 +105,10 @@ esac
 `
 
 // runJob runs the hidden job's before_script, the job's script and after_script as GitLab's
-// Kubernetes executor does: variables exported, before_script and script in one shell with
-// set -eo pipefail, after_script in a shell of its own.
-func runJob(t *testing.T, job hiddenJob, script []string, env []string) (mainErr error, calls []string, out string) {
+// Kubernetes executor does (package gitlabci renders them): variables exported, before_script and
+// script in one shell, after_script in a shell of its own, rendered once the main one has ended
+// and told its status.
+func runJob(t *testing.T, job gitlabci.Job, script []string, env []string) (mainErr error, calls []string, out string) {
 	t.Helper()
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "bin")
@@ -169,33 +123,23 @@ func runJob(t *testing.T, job hiddenJob, script []string, env []string) (mainErr
 	}
 	callsFile := filepath.Join(dir, "calls")
 	jobID := fmt.Sprintf("%d", 900000+os.Getpid()%100000)
-	var vars strings.Builder
-	vars.WriteString("export CI_JOB_ID=" + jobID + "\n")
-	names := make([]string, 0, len(job.Variables))
-	for name := range job.Variables {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		fmt.Fprintf(&vars, "export %s=\"%s\"\n", name, job.Variables[name])
-	}
+	predefined := map[string]string{"CI_JOB_ID": jobID, "CI_JOB_STATUS": "running"}
 	stateDir := "/tmp/setup-ephemeral-buildkit-job-" + jobID
 	t.Cleanup(func() { os.RemoveAll(stateDir) })
 	var output bytes.Buffer
-	shell := func(status string, lines []string) error {
-		src := vars.String() + "export CI_JOB_STATUS=" + status + "\nset -eo pipefail\n" + strings.Join(lines, "\n") + "\n"
+	shell := func(src string) error {
 		cmd := exec.Command("bash", "-c", src)
 		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "FAKE_CALLS="+callsFile)
 		cmd.Env = append(cmd.Env, env...)
 		cmd.Stdout, cmd.Stderr = &output, &output
 		return cmd.Run()
 	}
-	mainErr = shell("running", append(append([]string{}, job.BeforeScript...), script...))
-	status := "success"
+	mainErr = shell(job.MainShell(predefined, script))
+	predefined["CI_JOB_STATUS"] = "success"
 	if mainErr != nil {
-		status = "failed"
+		predefined["CI_JOB_STATUS"] = "failed"
 	}
-	if err := shell(status, job.AfterScript); err != nil {
+	if err := shell(job.AfterShell(predefined)); err != nil {
 		t.Errorf("after_script failed: %v\n%s", err, output.String())
 	}
 	data, _ := os.ReadFile(callsFile)
@@ -206,8 +150,7 @@ func TestComponentScripts(t *testing.T) {
 	if _, err := exec.LookPath("bash"); err != nil {
 		t.Skip("no bash")
 	}
-	c := loadComponent(t)
-	job := c.job(t, map[string]string{"platforms": "linux/amd64,linux/arm64", "requests": "cpu=1,memory=2Gi"})
+	job := hiddenJob(t, loadComponent(t), map[string]string{"platforms": "linux/amd64,linux/arm64", "requests": "cpu=1,memory=2Gi"})
 	err, calls, out := runJob(t, job, []string{`echo "script sees $BUILDX_BUILDER at $BUILDKIT_HOST; $EPHEMERAL_BUILDKIT_NOTE"`}, nil)
 	if err != nil {
 		t.Fatalf("job failed: %v\n%s", err, out)
@@ -235,8 +178,7 @@ func TestComponentUpFails(t *testing.T) {
 	if _, err := exec.LookPath("bash"); err != nil {
 		t.Skip("no bash")
 	}
-	c := loadComponent(t)
-	job := c.job(t, nil)
+	job := hiddenJob(t, loadComponent(t), nil)
 	err, calls, out := runJob(t, job, []string{"echo SCRIPT RAN"}, []string{"FAKE_UP_FAIL=1"})
 	if err == nil || strings.Contains(out, "SCRIPT RAN") {
 		t.Fatalf("job with failing up: %v\n%s", err, out)
