@@ -11,15 +11,18 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/buildx"
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
@@ -50,6 +53,15 @@ func newWorld(t *testing.T) *world {
 	w := &world{t: t, ns: "ci", docker: &fakeDocker{}, ghDir: t.TempDir(), podCreated: make(chan struct{})}
 	w.runner = &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "runner-abc", Namespace: w.ns, UID: "0d6f3c5e-1111-2222-3333-444455556666"}}
 	w.client = fake.NewClientset(w.runner)
+	// The API server gives every object a UID; the fake does not, and teardown deletes the
+	// Secret by the UID its create returned.
+	var uids atomic.Int64
+	w.client.PrependReactor("create", "*", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		if obj, ok := action.(k8stesting.CreateAction).GetObject().(metav1.Object); ok && obj.GetUID() == "" {
+			obj.SetUID(types.UID(fmt.Sprintf("uid-%d", uids.Add(1))))
+		}
+		return false, nil, nil
+	})
 	w.env = map[string]string{
 		"GITHUB_ACTIONS":          "true",
 		"GITHUB_REPOSITORY":       "org/app",

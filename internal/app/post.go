@@ -80,6 +80,12 @@ func Post(ctx context.Context, p ci.Platform, deps Deps) error {
 
 	end := p.Group("Removing builder " + st.Builder)
 	defer end()
+	if st.Secret.UID == "" {
+		// The main step was stopped before it recorded the Secret (or before creating it); the
+		// runners' Role cannot look for it.
+		p.Infof("No TLS Secret recorded for this job; one the main step may have created goes with the runner pod " +
+			"(owner reference), at its deadline, or through the janitor.")
+	}
 	problems := removeJob(ctx, p, d, st, kube)
 	for _, problem := range problems {
 		p.Warningf("Cleanup: %v", problem)
@@ -131,7 +137,7 @@ func removeJob(ctx context.Context, p ci.Platform, d Deps, st jobState, kube *Ku
 		problems = append(problems, fmt.Errorf("builder pods of job %s in namespace %s not deleted: no Kubernetes client", st.Key, st.Namespace))
 	} else {
 		prov := &k8sprov.Provisioner{Client: kube.Client, Now: d.Now}
-		report, err := prov.Teardown(ctx, st.Namespace, st.Key, st.Owner, k8sprov.TeardownOptions{Timeout: teardownTimeout})
+		report, err := prov.Teardown(ctx, st.Namespace, st.Key, st.Owner, k8sprov.TeardownOptions{Timeout: teardownTimeout, Secrets: []k8sprov.ObjectRef{st.Secret}})
 		if len(report.Deleted) > 0 {
 			p.Infof("Deleted %s in namespace %s", strings.Join(report.Deleted, ", "), st.Namespace)
 		}

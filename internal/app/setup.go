@@ -68,6 +68,11 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 		return errors.New("no directory for the job's certificates: the CI system gave no temporary directory")
 	}
 	jobDir, tlsDir, buildxDir := jobDirs(p.TempDir(), plan.Key)
+	// A retried attempt (GitLab retries prepare) finds the Secret the attempt before recorded.
+	var earlierSecrets []k8sprov.ObjectRef
+	if earlier, ok, _ := loadState(p); ok && earlier.Key == plan.Key && earlier.Namespace == namespace && earlier.Secret.UID != "" {
+		earlierSecrets = append(earlierSecrets, earlier.Secret)
+	}
 	st := jobState{
 		Namespace:  namespace,
 		Key:        plan.Key,
@@ -114,6 +119,8 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 		Progress:       progressPrinter(p, d.Now()),
 		Verify:         d.Verify,
 		VerifyInterval: d.VerifyInterval,
+		SecretCreated:  func(secret k8sprov.ObjectRef) error { return st.saveSecret(p, secret) },
+		EarlierSecrets: earlierSecrets,
 	}
 	result, err := provisioner.Provision(ctx, plan)
 	end()

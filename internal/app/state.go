@@ -29,6 +29,10 @@ const (
 	stateKubeconfig  = "kubeconfig"
 	stateCleanup     = "cleanup"
 	stateMainOutcome = "main-outcome"
+	// stateSecretName and stateSecretUID name the job's TLS Secret once it exists: the
+	// runners' Role cannot read Secrets, so cleanup deletes it by name and UID.
+	stateSecretName = "secret-name"
+	stateSecretUID  = "secret-uid"
 	// stateExports holds the environment exported to later steps as a JSON object, for the
 	// CLI's env verb.
 	stateExports = "exports"
@@ -53,6 +57,8 @@ type jobState struct {
 	BuildxDir  string
 	Kubeconfig string
 	Cleanup    bool
+	// Secret is the job's TLS Secret, known once the builders were created.
+	Secret k8sprov.ObjectRef
 	// Ready is true when Main finished successfully; Removed when it failed and removed
 	// everything it had created.
 	Ready   bool
@@ -123,6 +129,17 @@ func markReady(p ci.Platform, exports map[string]string) error {
 	return nil
 }
 
+// saveSecret records the job's TLS Secret once Provision created it.
+func (s *jobState) saveSecret(p ci.Platform, secret k8sprov.ObjectRef) error {
+	s.Secret = secret
+	for _, kv := range [][2]string{{stateSecretName, secret.Name}, {stateSecretUID, string(secret.UID)}} {
+		if err := p.SaveState(kv[0], kv[1]); err != nil {
+			return fmt.Errorf("saving state for the cleanup phase: %w", err)
+		}
+	}
+	return nil
+}
+
 // loadState reads what Main saved. ok is false when Main saved nothing (it failed before
 // creating anything). A malformed entry is an error, with what could be read.
 func loadState(p ci.Platform) (s jobState, ok bool, err error) {
@@ -140,6 +157,7 @@ func loadState(p ci.Platform) (s jobState, ok bool, err error) {
 	s.BuildxDir = p.State(stateBuildxDir)
 	s.Kubeconfig = p.State(stateKubeconfig)
 	s.Cleanup = p.State(stateCleanup) != "false"
+	s.Secret = k8sprov.ObjectRef{Name: p.State(stateSecretName), UID: types.UID(p.State(stateSecretUID))}
 	s.Ready = p.State(stateMainOutcome) == outcomeReady
 	s.Removed = p.State(stateMainOutcome) == outcomeRemoved
 	var errs []error

@@ -43,7 +43,7 @@ func BenchmarkIntegrationProvisionTeardown(b *testing.B) {
 		afterStart += lastReady.Sub(lastStart)
 		env.requests.Store(0)
 		started = time.Now()
-		if _, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{}); err != nil {
+		if _, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Secrets: []ObjectRef{result.Secret}}); err != nil {
 			b.Fatalf("Teardown: %v", err)
 		}
 		teardown += time.Since(started)
@@ -77,7 +77,8 @@ func BenchmarkIntegrationConcurrentJobs(b *testing.B) {
 				defer wg.Done()
 				plan := env.planB(b, fmt.Sprintf("concurrent-%d-%d", i, j), Inputs{Platforms: "linux/amd64"})
 				started := time.Now()
-				if _, err := prov.Provision(ctx, plan); err != nil {
+				result, err := prov.Provision(ctx, plan)
+				if err != nil {
 					errs <- err
 					return
 				}
@@ -88,7 +89,7 @@ func BenchmarkIntegrationConcurrentJobs(b *testing.B) {
 					slowest = took
 				}
 				mu.Unlock()
-				if _, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{}); err != nil {
+				if _, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Secrets: []ObjectRef{result.Secret}}); err != nil {
 					errs <- err
 				}
 			}()

@@ -183,6 +183,15 @@ func TestIntegrationProvisionTwoArchesOverMutualTLS(t *testing.T) {
 		t.Errorf("the job's own client was refused: %v", err)
 	}
 
+	// The runners' Role creates and deletes Secrets but cannot read any: a CI job holding the
+	// runner's token must not see the other Secrets of the runner namespace.
+	if _, err := prov.Client.CoreV1().Secrets(env.ns).Get(ctx, result.Secret.Name, metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the runner's ServiceAccount read the job's Secret: err %v, want Forbidden", err)
+	}
+	if _, err := prov.Client.CoreV1().Secrets(env.ns).List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the runner's ServiceAccount listed Secrets: err %v, want Forbidden", err)
+	}
+
 	// Objects of other jobs, or not ours, that look alike must survive teardown.
 	bystanders := []*corev1.Secret{
 		{ObjectMeta: metav1.ObjectMeta{Name: "other-job", Labels: map[string]string{LabelManagedBy: ManagedBy, LabelJobKey: "otherjobkey1"}}},
@@ -196,7 +205,7 @@ func TestIntegrationProvisionTwoArchesOverMutualTLS(t *testing.T) {
 
 	env.requests.Store(0)
 	started := time.Now()
-	report, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{})
+	report, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Secrets: []ObjectRef{result.Secret}})
 	if err != nil {
 		t.Fatalf("Teardown: %v", err)
 	}
@@ -207,7 +216,7 @@ func TestIntegrationProvisionTwoArchesOverMutualTLS(t *testing.T) {
 	// A second teardown, as after a rollback or a repeated cleanup, while the pods drain: it
 	// does not delete them again, says they are being deleted, and waits until they are gone.
 	env.requests.Store(0)
-	report, err = prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Wait: true})
+	report, err = prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Wait: true, Secrets: []ObjectRef{result.Secret}})
 	if err != nil {
 		t.Fatalf("second Teardown: %v", err)
 	}
@@ -229,7 +238,7 @@ func TestIntegrationProvisionTwoArchesOverMutualTLS(t *testing.T) {
 		t.Errorf("secrets after teardown = %v: want the job's gone and both bystanders kept", names)
 	}
 	// Twice is fine.
-	if _, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{}); err != nil {
+	if _, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Secrets: []ObjectRef{result.Secret}}); err != nil {
 		t.Errorf("second teardown: %v", err)
 	}
 }
@@ -348,9 +357,18 @@ func TestIntegrationRetryReplacesAKilledAttemptsBuilders(t *testing.T) {
 	if retryPlan.Key != plan.Key {
 		t.Fatalf("retry has job key %s, first attempt %s", retryPlan.Key, plan.Key)
 	}
+	// The retry knows the Secret the killed attempt recorded (the app keeps it in the job's
+	// state), and replaces it with the pods.
+	prov.EarlierSecrets = []ObjectRef{first.Secret}
 	second, err := prov.Provision(ctx, retryPlan)
 	if err != nil {
 		t.Fatalf("retried Provision: %v", err)
+	}
+	if first.Secret.Name == "" || first.Secret.Name == second.Secret.Name {
+		t.Errorf("Secrets: first attempt %+v, retry %+v; want one of its own each", first.Secret, second.Secret)
+	}
+	if _, err := env.admin.CoreV1().Secrets(env.ns).Get(ctx, first.Secret.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("the killed attempt's Secret %s is still there after the retry (err %v)", first.Secret.Name, err)
 	}
 	newPod, err := env.admin.CoreV1().Pods(env.ns).Get(ctx, second.Builders[0].Pod, metav1.GetOptions{})
 	if err != nil {
@@ -366,7 +384,7 @@ func TestIntegrationRetryReplacesAKilledAttemptsBuilders(t *testing.T) {
 		t.Error("the killed attempt's client certificate still works on the new builder")
 	}
 	cancelShort()
-	if _, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Wait: true}); err != nil {
+	if _, err := prov.Teardown(ctx, env.ns, plan.Key, plan.Owner, TeardownOptions{Wait: true, Secrets: []ObjectRef{second.Secret}}); err != nil {
 		t.Fatal(err)
 	}
 	assertNothingLeft(t, ctx, env, plan)
@@ -385,7 +403,7 @@ func TestIntegrationMissingRBACVerbIsNamed(t *testing.T) {
 	}
 	for i, rule := range role.Rules {
 		if rule.Resources[0] == "secrets" {
-			role.Rules[i].Verbs = []string{"get", "list", "delete"}
+			role.Rules[i].Verbs = []string{"delete"}
 		}
 	}
 	if _, err := env.admin.RbacV1().Roles(env.ns).Update(ctx, role, metav1.UpdateOptions{}); err != nil {
@@ -475,7 +493,9 @@ func TestIntegrationJanitor(t *testing.T) {
 	secret("unknown", "4", now.Add(time.Hour), managed("unknownkey01"))
 	secret("foreign", "2", now.Add(-time.Hour), map[string]string{LabelJobKey: "foreignkey01"})
 
-	prov := env.provisioner(t)
+	// The janitor has a Role of its own that may list Secrets (deploy/janitor-cronjob.yaml; the
+	// gc verb's end-to-end test runs under it); the runners' Role may not.
+	prov := &Provisioner{Client: env.admin}
 	decisions, err := prov.CollectGarbage(ctx, env.ns, fakeChecker{"2": true, "3": false}, false)
 	if err == nil || !strings.Contains(err.Error(), "API unavailable") {
 		t.Errorf("CollectGarbage error = %v, want the checker's failure reported", err)

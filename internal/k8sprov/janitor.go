@@ -99,7 +99,7 @@ func (p *Provisioner) CollectGarbage(ctx context.Context, ns string, checker Job
 		}
 		decisions = append(decisions, decision)
 		if decision.Delete && !dryRun {
-			if _, err := p.Teardown(ctx, ns, key, nil, TeardownOptions{}); err != nil {
+			if _, err := p.Teardown(ctx, ns, key, nil, TeardownOptions{ListSecrets: true}); err != nil {
 				errs = append(errs, fmt.Errorf("removing job %s: %w", key, err))
 			}
 		}

@@ -37,6 +37,13 @@ type Provisioner struct {
 	Verify func(ctx context.Context, endpoint string, tlsConfig *tls.Config) (WorkerReport, error)
 	// VerifyInterval is the pause between attempts to reach a running builder; zero means 100ms.
 	VerifyInterval time.Duration
+	// SecretCreated, when set, learns the job's TLS Secret the moment it exists, so the caller
+	// can record it for a cleanup that may come after this process was killed: the runners'
+	// Role cannot read Secrets, so nothing could find it again.
+	SecretCreated func(ObjectRef) error
+	// EarlierSecrets are Secrets an earlier, killed attempt of the same job recorded; Provision
+	// deletes them with that attempt's pods.
+	EarlierSecrets []ObjectRef
 }
 
 // Progress is one line of live progress about a builder.
@@ -66,6 +73,8 @@ type Result struct {
 	Plan        Plan
 	Credentials *Credentials
 	Builders    []Builder
+	// Secret is the job's TLS Secret, for TeardownOptions.Secrets.
+	Secret ObjectRef
 }
 
 // BuilderError is a builder that cannot become ready, with the reason Kubernetes gives.
@@ -142,11 +151,12 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (result *Result,
 			return nil, err
 		}
 	}
+	var createdSecret ObjectRef
 	defer func() {
 		if err != nil {
 			cleanupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 			defer cancel()
-			if _, terr := p.Teardown(cleanupCtx, ns, plan.Key, plan.Owner, TeardownOptions{}); terr != nil {
+			if _, terr := p.Teardown(cleanupCtx, ns, plan.Key, plan.Owner, TeardownOptions{Secrets: []ObjectRef{createdSecret}}); terr != nil {
 				err = errors.Join(err, fmt.Errorf("removing the failed job's builders: %w", terr))
 			}
 		}
@@ -170,8 +180,15 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (result *Result,
 		defer eventWatch.Stop()
 	}
 
-	if _, err := p.Client.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+	created, err := p.Client.CoreV1().Secrets(ns).Create(ctx, secret, metav1.CreateOptions{})
+	if err != nil {
 		return nil, explainAPIError(err, "create", "secrets", ns, "creating the builders' TLS Secret")
+	}
+	createdSecret = ObjectRef{Name: created.Name, UID: created.UID}
+	if p.SecretCreated != nil {
+		if err := p.SecretCreated(createdSecret); err != nil {
+			return nil, err
+		}
 	}
 	builders := make([]Builder, len(plan.Platforms))
 	byPod := map[string]int{}
@@ -291,7 +308,7 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (result *Result,
 			}
 		}
 	}
-	return &Result{Plan: plan, Credentials: creds, Builders: builders}, nil
+	return &Result{Plan: plan, Credentials: creds, Builders: builders, Secret: createdSecret}, nil
 }
 
 // verifyUntilAnswer calls ListWorkers until the builder answers or ctx ends. This polls the
@@ -505,25 +522,24 @@ func formatOCIPlatforms(ps []ocispec.Platform) string {
 	return strings.Join(s, ",")
 }
 
-// replaceLeftovers removes pods and the Secret an earlier attempt of the same job left behind
-// (its provisioning was killed), so this attempt starts clean. Their CA key died with that
-// attempt, so they cannot be reused. Pods are deleted with no grace period: no build can be
-// running on a builder whose client never got its credentials.
+// replaceLeftovers removes the pods an earlier attempt of the same job left behind (its
+// provisioning was killed), so this attempt starts clean. Their CA key died with that attempt,
+// so they cannot be reused. Pods are deleted with no grace period: no build can be running on a
+// builder whose client never got its credentials. The earlier attempt's Secret has a name of its
+// own and the runners' Role may not read Secrets: it is deleted when the caller recorded it
+// (EarlierSecrets), and otherwise goes with its owner (the runner pod), at its deadline, or
+// through the janitor.
 func (p *Provisioner) replaceLeftovers(ctx context.Context, plan Plan) error {
 	ns := plan.Namespace
 	pods, err := p.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(plan.Key)})
 	if err != nil {
 		return explainAPIError(err, "list", "pods", ns, "looking for builders of an earlier attempt")
 	}
-	secrets, err := p.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(plan.Key)})
-	if err != nil {
-		return explainAPIError(err, "list", "secrets", ns, "looking for the TLS Secret of an earlier attempt")
-	}
-	if len(pods.Items) == 0 && len(secrets.Items) == 0 {
+	if len(pods.Items) == 0 && len(p.EarlierSecrets) == 0 {
 		return nil
 	}
-	p.progress(platform.Platform{}, "", "replacing %d pod(s) and %d Secret(s) left by an earlier attempt of this job", len(pods.Items), len(secrets.Items))
+	p.progress(platform.Platform{}, "", "replacing %d pod(s) and %d recorded Secret(s) left by an earlier attempt of this job", len(pods.Items), len(p.EarlierSecrets))
 	// Any owner: a retry may run in a new runner pod, and the job key alone says these are ours.
-	_, err = p.Teardown(ctx, ns, plan.Key, nil, TeardownOptions{GracePeriod: ptr.To[int64](0), Wait: true})
+	_, err = p.Teardown(ctx, ns, plan.Key, nil, TeardownOptions{GracePeriod: ptr.To[int64](0), Wait: true, Secrets: p.EarlierSecrets})
 	return err
 }

@@ -22,6 +22,20 @@ type TeardownOptions struct {
 	// GracePeriod overrides the pods' termination grace period; nil keeps theirs, so the preStop
 	// hook can let running builds finish.
 	GracePeriod *int64
+	// Secrets are the job's TLS Secrets as Provision created them (Result.Secret), deleted by
+	// name with their UID as precondition, without reading any Secret: the runners' Role grants
+	// no read access to Secrets, which would expose every Secret in the runner namespace (other
+	// runners' registration tokens among them) to the code of every CI job.
+	Secrets []ObjectRef
+	// ListSecrets finds the job's Secrets by label instead, and checks each before deleting it,
+	// for callers whose Role may list Secrets (the janitor).
+	ListSecrets bool
+}
+
+// ObjectRef names one object the provisioner created, by name and UID.
+type ObjectRef struct {
+	Name string
+	UID  types.UID
 }
 
 // TeardownReport lists what Teardown deleted, what was already being deleted, and what it
@@ -35,11 +49,13 @@ type TeardownReport struct {
 	Skipped  []string
 }
 
-// Teardown deletes exactly the pods and Secret of one job key in ns. It lists by the job-key
-// label, then checks each object again before deleting it: it must carry the managed-by label
-// and that job key, and, when owner is given, an owner reference to that pod's UID. Deletes are
-// conditional on the object's UID, so an object replaced meanwhile is left alone. NotFound is
-// success: teardown is safe to run twice, late, or after a crash.
+// Teardown deletes exactly the pods and Secret of one job key in ns. It lists the pods by the
+// job-key label, then checks each again before deleting it: it must carry the managed-by label
+// and that job key, and, when owner is given, an owner reference to that pod's UID. Secrets are
+// deleted by name and UID as opts.Secrets gives them, or, with opts.ListSecrets, found and
+// checked like the pods. Deletes are conditional on the object's UID, so an object replaced
+// meanwhile is left alone. NotFound is success: teardown is safe to run twice, late, or after a
+// crash.
 func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner *RunnerPod, opts TeardownOptions) (TeardownReport, error) {
 	timeout := opts.Timeout
 	if timeout <= 0 {
@@ -82,26 +98,34 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 			errs = append(errs, explainAPIError(err, "delete", "pods", ns, "deleting builder pod "+pod.Name))
 		}
 	}
-	secrets, err := p.Client.CoreV1().Secrets(ns).List(ctx, selector)
-	if err != nil {
-		errs = append(errs, explainAPIError(err, "list", "secrets", ns, "listing the job's Secrets"))
-	} else {
-		for i := range secrets.Items {
-			secret := &secrets.Items[i]
+	secrets := opts.Secrets
+	if opts.ListSecrets {
+		list, err := p.Client.CoreV1().Secrets(ns).List(ctx, selector)
+		if err != nil {
+			errs = append(errs, explainAPIError(err, "list", "secrets", ns, "listing the job's Secrets"))
+		}
+		for i := range list.Items {
+			secret := &list.Items[i]
 			if why := refuseDelete(secret, key, owner); why != "" {
 				report.Skipped = append(report.Skipped, "secret/"+secret.Name+": "+why)
 				continue
 			}
-			err := p.Client.CoreV1().Secrets(ns).Delete(ctx, secret.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &secret.UID}})
-			switch {
-			case err == nil:
-				report.Deleted = append(report.Deleted, "secret/"+secret.Name)
-			case apierrors.IsNotFound(err):
-			case apierrors.IsConflict(err):
-				report.Skipped = append(report.Skipped, "secret/"+secret.Name+": replaced by another object of that name")
-			default:
-				errs = append(errs, explainAPIError(err, "delete", "secrets", ns, "deleting Secret "+secret.Name))
-			}
+			secrets = append(secrets, ObjectRef{Name: secret.Name, UID: secret.UID})
+		}
+	}
+	for _, secret := range secrets {
+		if secret.Name == "" || secret.UID == "" {
+			continue
+		}
+		err := p.Client.CoreV1().Secrets(ns).Delete(ctx, secret.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &secret.UID}})
+		switch {
+		case err == nil:
+			report.Deleted = append(report.Deleted, "secret/"+secret.Name)
+		case apierrors.IsNotFound(err):
+		case apierrors.IsConflict(err):
+			report.Skipped = append(report.Skipped, "secret/"+secret.Name+": replaced by another object of that name")
+		default:
+			errs = append(errs, explainAPIError(err, "delete", "secrets", ns, "deleting Secret "+secret.Name))
 		}
 	}
 	if opts.Wait && len(deletedPods) > 0 {
