@@ -70,16 +70,7 @@ func testCancelBuild(ctx context.Context, t *testing.T, w *hookWorld) {
 		t.Fatal(err)
 	}
 
-	j := w.newJob(t, 740001)
-	t.Cleanup(func() {
-		if t.Failed() || os.Getenv("E2E_SHOW_HOOK") != "" {
-			t.Logf("hook output:\n%s", j.log.String())
-		}
-	})
-	cfg, err := j.config(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	j, cfg := w.configuredJob(ctx, t, 740001)
 	if err := j.prepare(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -226,9 +217,11 @@ echo "the build finished" > %[1]q/finished`, j.results, project))
 	}
 }
 
-// testCancelPrepare cancels prepare while the job's builder pods start.
-func testCancelPrepare(ctx context.Context, t *testing.T, w *hookWorld) {
-	j := w.newJob(t, 740002)
+// configuredJob starts job id as the runner does, with config; its hook output is logged when
+// the test fails.
+func (w *hookWorld) configuredJob(ctx context.Context, t *testing.T, id int64) (*hookJob, gitlabexec.ConfigOutput) {
+	t.Helper()
+	j := w.newJob(t, id)
 	t.Cleanup(func() {
 		if t.Failed() || os.Getenv("E2E_SHOW_HOOK") != "" {
 			t.Logf("hook output:\n%s", j.log.String())
@@ -238,6 +231,12 @@ func testCancelPrepare(ctx context.Context, t *testing.T, w *hookWorld) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return j, cfg
+}
+
+// testCancelPrepare cancels prepare while the job's builder pods start.
+func testCancelPrepare(ctx context.Context, t *testing.T, w *hookWorld) {
+	j, cfg := w.configuredJob(ctx, t, 740002)
 	prepare, err := j.start("prepare")
 	if err != nil {
 		t.Fatal(err)

@@ -175,24 +175,9 @@ func TestRunGivesTheScriptsProcessesTheirGrace(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
 			marker := filepath.Join(root, "marker")
-			env := map[string]string{ci.GitLabCustomExecutorPrefix + "CI_JOB_ID": "98", EnvBuildFailureExitCode: "1"}
 			stderr := &lockedBuffer{}
-			e := &Executor{
-				Settings: Settings{StateDir: root, KillGrace: 3 * time.Second},
-				Getenv:   func(k string) string { return env[k] },
-				Environ:  func() []string { return []string{"PATH=" + os.Getenv("PATH"), "MARKER=" + marker} },
-				Stdout:   &bytes.Buffer{}, Stderr: stderr,
-			}
-			job, err := e.job()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.MkdirAll(job.Dir, 0o700); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(job.EnvFile, nil, 0o600); err != nil {
-				t.Fatal(err)
-			}
+			e := preparedExecutor(t, Settings{StateDir: root, KillGrace: 3 * time.Second}, "MARKER="+marker)
+			e.Stdout, e.Stderr = &bytes.Buffer{}, stderr
 			pidFile := filepath.Join(root, "child.pid")
 			script := filepath.Join(root, "script.sh")
 			// The child writes its pid and keeps none of the script's output open.
@@ -212,7 +197,7 @@ func TestRunGivesTheScriptsProcessesTheirGrace(t *testing.T) {
 				}
 			}()
 			start := time.Now()
-			err = e.Run(ctx, script, "step_script")
+			err := e.Run(ctx, script, "step_script")
 			took := time.Since(start)
 			var build *BuildFailureError
 			if !errors.As(err, &build) {
@@ -235,6 +220,29 @@ func TestRunGivesTheScriptsProcessesTheirGrace(t *testing.T) {
 			}
 		})
 	}
+}
+
+// preparedExecutor returns an Executor for GitLab job 98 whose prepare stage has run: its job
+// directory exists with an empty env file. Scripts get PATH and environ.
+func preparedExecutor(t *testing.T, settings Settings, environ ...string) *Executor {
+	t.Helper()
+	env := map[string]string{ci.GitLabCustomExecutorPrefix + "CI_JOB_ID": "98", EnvBuildFailureExitCode: "1"}
+	e := &Executor{
+		Settings: settings,
+		Getenv:   func(k string) string { return env[k] },
+		Environ:  func() []string { return append([]string{"PATH=" + os.Getenv("PATH")}, environ...) },
+	}
+	job, err := e.job()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(job.Dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(job.EnvFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return e
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
@@ -277,24 +285,9 @@ func TestRunDoesNotWaitForBackgroundProcesses(t *testing.T) {
 	defer func(d time.Duration) { outputWaitDelay = d }(outputWaitDelay)
 	outputWaitDelay = 200 * time.Millisecond
 	root := t.TempDir()
-	env := map[string]string{ci.GitLabCustomExecutorPrefix + "CI_JOB_ID": "98"}
-	stdout, stderr := &bytes.Buffer{}, &bytes.Buffer{}
-	e := &Executor{
-		Settings: Settings{StateDir: root},
-		Getenv:   func(k string) string { return env[k] },
-		Environ:  func() []string { return []string{"PATH=" + os.Getenv("PATH")} },
-		Stdout:   stdout, Stderr: stderr,
-	}
-	job, err := e.job()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(job.Dir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(job.EnvFile, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	stdout := &bytes.Buffer{}
+	e := preparedExecutor(t, Settings{StateDir: root})
+	e.Stdout, e.Stderr = stdout, &bytes.Buffer{}
 	script := filepath.Join(root, "script.sh")
 	pidFile := filepath.Join(root, "pid")
 	if err := os.WriteFile(script, []byte("sleep 30 &\necho $! > "+pidFile+"\necho done\n"), 0o700); err != nil {
