@@ -67,7 +67,11 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 	var errs []error
 	selector := metav1.ListOptions{LabelSelector: JobSelector(key)}
 
-	pods, err := p.Client.CoreV1().Pods(ns).List(ctx, selector)
+	var pods *corev1.PodList
+	err := retryTransient(ctx, func(ctx context.Context) (err error) {
+		pods, err = p.Client.CoreV1().Pods(ns).List(ctx, selector)
+		return err
+	})
 	if err != nil {
 		return report, explainAPIError(err, "list", "pods", ns, "listing the job's builder pods")
 	}
@@ -83,9 +87,11 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 			deletedPods = append(deletedPods, pod.UID)
 			continue
 		}
-		err := p.Client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{
-			Preconditions:      &metav1.Preconditions{UID: &pod.UID},
-			GracePeriodSeconds: opts.GracePeriod,
+		err := retryTransient(ctx, func(ctx context.Context) error {
+			return p.Client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{
+				Preconditions:      &metav1.Preconditions{UID: &pod.UID},
+				GracePeriodSeconds: opts.GracePeriod,
+			})
 		})
 		switch {
 		case err == nil:
@@ -117,7 +123,9 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 		if secret.Name == "" || secret.UID == "" {
 			continue
 		}
-		err := p.Client.CoreV1().Secrets(ns).Delete(ctx, secret.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &secret.UID}})
+		err := retryTransient(ctx, func(ctx context.Context) error {
+			return p.Client.CoreV1().Secrets(ns).Delete(ctx, secret.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &secret.UID}})
+		})
 		switch {
 		case err == nil:
 			report.Deleted = append(report.Deleted, "secret/"+secret.Name)
