@@ -20,10 +20,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/gitlabexec"
-	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
 // TestIntegrationGitLabHookCancel cancels two jobs through the real hook against the local
@@ -338,28 +336,8 @@ func cleanupAndCheck(ctx context.Context, t *testing.T, j *hookJob, buildsDir st
 }
 
 // jobObjects lists the managed pods and Secrets of GitLab job id in the world's namespace.
-func (w *hookWorld) jobObjects(ctx context.Context, id int64) (pods []corev1.Pod, secrets []string, err error) {
-	opts := metav1.ListOptions{LabelSelector: k8sprov.ManagedSelector()}
-	podList, err := w.admin.CoreV1().Pods(w.ns).List(ctx, opts)
-	if err != nil {
-		return nil, nil, err
-	}
-	secretList, err := w.admin.CoreV1().Secrets(w.ns).List(ctx, opts)
-	if err != nil {
-		return nil, nil, err
-	}
-	ids := strconv.FormatInt(id, 10)
-	for _, p := range podList.Items {
-		if p.Annotations[k8sprov.AnnotationJobID] == ids {
-			pods = append(pods, p)
-		}
-	}
-	for _, s := range secretList.Items {
-		if s.Annotations[k8sprov.AnnotationJobID] == ids {
-			secrets = append(secrets, s.Name)
-		}
-	}
-	return pods, secrets, nil
+func (w *hookWorld) jobObjects(ctx context.Context, id int64) ([]corev1.Pod, []string, error) {
+	return w.builderObjectsOf(ctx, strconv.FormatInt(id, 10))
 }
 
 // podState is a pod's phase, its containers' states and whether it is being deleted.

@@ -148,6 +148,12 @@ func (w *hookWorld) build(ctx context.Context, t *testing.T) {
 
 // builderObjects lists the managed pods (with their owners) and Secrets in the namespace.
 func (w *hookWorld) builderObjects(ctx context.Context) (pods []corev1.Pod, secrets []string, err error) {
+	return w.builderObjectsOf(ctx, "")
+}
+
+// builderObjectsOf lists the managed pods and Secrets of GitLab job jobID, or of all jobs when
+// jobID is empty.
+func (w *hookWorld) builderObjectsOf(ctx context.Context, jobID string) (pods []corev1.Pod, secrets []string, err error) {
 	opts := metav1.ListOptions{LabelSelector: k8sprov.ManagedSelector()}
 	podList, err := w.admin.CoreV1().Pods(w.ns).List(ctx, opts)
 	if err != nil {
@@ -157,10 +163,20 @@ func (w *hookWorld) builderObjects(ctx context.Context) (pods []corev1.Pod, secr
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, s := range secretList.Items {
-		secrets = append(secrets, s.Name)
+	ours := func(obj metav1.Object) bool {
+		return jobID == "" || obj.GetAnnotations()[k8sprov.AnnotationJobID] == jobID
 	}
-	return podList.Items, secrets, nil
+	for _, p := range podList.Items {
+		if ours(&p) {
+			pods = append(pods, p)
+		}
+	}
+	for _, s := range secretList.Items {
+		if ours(&s) {
+			secrets = append(secrets, s.Name)
+		}
+	}
+	return pods, secrets, nil
 }
 
 // hookJob is one GitLab job the "runner" runs.

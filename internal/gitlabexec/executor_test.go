@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -175,7 +174,8 @@ func TestRunGivesTheScriptsProcessesTheirGrace(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
 			marker := filepath.Join(root, "marker")
-			stderr := &lockedBuffer{}
+			// Read only after Run returns, when nothing writes any more.
+			stderr := &bytes.Buffer{}
 			e := preparedExecutor(t, Settings{StateDir: root, KillGrace: 3 * time.Second}, "MARKER="+marker)
 			e.Stdout, e.Stderr = &bytes.Buffer{}, stderr
 			pidFile := filepath.Join(root, "child.pid")
@@ -246,24 +246,6 @@ func preparedExecutor(t *testing.T, settings Settings, environ ...string) *Execu
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
-
-// lockedBuffer is a bytes.Buffer safe for the hook's concurrent writes and the test's reads.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 func TestCleanupWithoutJob(t *testing.T) {
 	stderr := &bytes.Buffer{}
