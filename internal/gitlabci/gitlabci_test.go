@@ -203,7 +203,7 @@ func shells(t *testing.T) map[string][]string {
 		found["busybox"] = []string{p, "sh", "-c"}
 	}
 	if len(found) == 0 {
-		t.Skip("no shell")
+		t.Fatal("none of bash, dash and busybox is on PATH: the rendered scripts cannot be run")
 	}
 	return found
 }

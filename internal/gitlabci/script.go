@@ -5,6 +5,8 @@ import (
 	"os"
 	"slices"
 	"strings"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 )
 
 // Expand expands $NAME and ${NAME} in value the way GitLab Runner expands the values of a job's
@@ -70,18 +72,13 @@ func (j Job) AfterShell(env map[string]string) string {
 func render(vars map[string]string, commands []string) string {
 	var body strings.Builder
 	for _, name := range slices.Sorted(maps.Keys(vars)) {
-		body.WriteString("export " + name + "=" + quote(vars[name]) + "\n")
+		body.WriteString("export " + name + "=" + ci.ShellQuote(vars[name]) + "\n")
 	}
 	for _, c := range commands {
 		body.WriteString(c + "\n")
 	}
 	return "if set -o | grep pipefail >/dev/null; then set -o pipefail; fi; set -o errexit\n" +
 		"set +o noclobber\n" +
-		": | eval " + quote(body.String()) + "\n" +
+		": | eval " + ci.ShellQuote(body.String()) + "\n" +
 		"exit 0\n"
-}
-
-// quote single-quotes s for a POSIX shell.
-func quote(s string) string {
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -181,7 +181,7 @@ func TestRunGivesTheScriptsProcessesTheirGrace(t *testing.T) {
 			pidFile := filepath.Join(root, "child.pid")
 			script := filepath.Join(root, "script.sh")
 			// The child writes its pid and keeps none of the script's output open.
-			body := fmt.Sprintf("sh -c %s >/dev/null 2>&1 &\necho $! > %q\nwait\n", shellQuote(tc.child), pidFile)
+			body := fmt.Sprintf("sh -c %s >/dev/null 2>&1 &\necho $! > %q\nwait\n", ci.ShellQuote(tc.child), pidFile)
 			if err := os.WriteFile(script, []byte(body), 0o700); err != nil {
 				t.Fatal(err)
 			}
@@ -244,8 +244,6 @@ func preparedExecutor(t *testing.T, settings Settings, environ ...string) *Execu
 	}
 	return e
 }
-
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 func TestCleanupWithoutJob(t *testing.T) {
 	stderr := &bytes.Buffer{}

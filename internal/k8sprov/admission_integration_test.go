@@ -254,14 +254,7 @@ var dryRun = metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
 // renderJob renders the Secret and every pod of plan, as the provisioner would create them.
 func renderJob(t *testing.T, plan Plan) (*corev1.Secret, []*corev1.Pod) {
 	t.Helper()
-	creds, err := IssueCredentials(plan)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret, err := RenderSecret(plan, creds)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, secret := renderTestSecret(t, plan)
 	var pods []*corev1.Pod
 	for _, pl := range plan.Platforms {
 		pod, err := RenderPod(plan, pl)

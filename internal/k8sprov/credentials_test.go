@@ -15,14 +15,7 @@ import (
 // rendered Secret, and the job with Credentials.ClientTLSConfig, over an in-memory connection.
 func TestSecretServesMutualTLSToTheJobsClient(t *testing.T) {
 	plan := testPlan(t, Inputs{Platforms: "linux/amd64,linux/arm64"})
-	creds, err := IssueCredentials(plan)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret, err := RenderSecret(plan, creds)
-	if err != nil {
-		t.Fatal(err)
-	}
+	creds, secret := renderTestSecret(t, plan)
 	arm64 := platform.MustParse("linux/arm64")
 	serverCert, err := tls.X509KeyPair(secret.Data[SecretKeyCert(arm64)], secret.Data[SecretKeyKey(arm64)])
 	if err != nil {

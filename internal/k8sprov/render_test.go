@@ -288,14 +288,7 @@ func TestRenderSecretGolden(t *testing.T) {
 		Labels:          "team=platform",
 		BuildkitdConfig: "debug = true\n",
 	})
-	creds, err := IssueCredentials(plan)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret, err := RenderSecret(plan, creds)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, secret := renderTestSecret(t, plan)
 	if !IsManaged(secret) || secret.Name != plan.SecretName() || secret.Namespace != "ci" {
 		t.Errorf("secret %s/%s is not the plan's managed secret", secret.Namespace, secret.Name)
 	}
@@ -362,6 +355,20 @@ func describePEM(t *testing.T, data []byte) string {
 	}
 	t.Fatalf("unexpected PEM block %q", block.Type)
 	return ""
+}
+
+// renderTestSecret issues plan's credentials and renders its Secret, as Provision does.
+func renderTestSecret(t *testing.T, plan Plan) (*Credentials, *corev1.Secret) {
+	t.Helper()
+	creds, err := IssueCredentials(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := RenderSecret(plan, creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return creds, secret
 }
 
 func TestRenderSecretRefusesMissingCredentials(t *testing.T) {
