@@ -6,6 +6,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CACHE_DIR:?set by the Makefile}" "${CLUSTER_DIR:?set by the Makefile}"
 
+# One cluster per machine (fixed bridge, node IP and host paths): a second run waits for the first
+# instead of tearing its cluster down under it.
+lock=/run/lock/setup-ephemeral-buildkit-cluster.lock
+mkdir -p "$(dirname "$lock")"
+exec 9>"$lock"
+if ! flock -n 9; then
+  echo "with-cluster.sh: another run holds the local cluster ($lock); waiting for it" >&2
+  flock 9
+fi
+
 go build -o "$CACHE_DIR/bin/localcluster" ./hack/cmd/localcluster
 cluster="$CACHE_DIR/bin/localcluster"
 
