@@ -26,12 +26,13 @@ stop_cluster() {
       echo "==== last lines of $log"; tail -n 15 "$log"
     done
   fi
-  "$cluster" down -state "$CLUSTER_DIR" || status=1
+  "$cluster" down -state "$CLUSTER_DIR" 9>&- || status=1
   exit $status
 }
 trap stop_cluster EXIT
 trap 'exit 130' INT TERM
 
-"$cluster" up -bin "$CACHE_DIR/bin" -images "$CACHE_DIR/images" -state "$CLUSTER_DIR"
+# fd 9 (the lock) is closed for children: a daemon that outlived its run must not hold it.
+"$cluster" up -bin "$CACHE_DIR/bin" -images "$CACHE_DIR/images" -state "$CLUSTER_DIR" 9>&-
 export CLUSTER_DIR KUBECONFIG="$CLUSTER_DIR/admin.kubeconfig"
-"$@"
+"$@" 9>&-
