@@ -15,7 +15,7 @@ import (
 	"testing"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/app"
-	"github.com/org/setup-ephemeral-buildkit/internal/gitlabci"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/gitlabci"
 )
 
 func loadComponent(t *testing.T) gitlabci.Component {

@@ -33,7 +33,7 @@ import (
 
 	"github.com/org/setup-ephemeral-buildkit/internal/gitlabexec"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
-	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 )
 
 // repoRoot is the repository, seen from this package's directory (where go test runs).
@@ -136,7 +136,7 @@ func (w *hookWorld) build(ctx context.Context, t *testing.T) {
 	w.probes = map[string]string{}
 	for _, arch := range []string{"amd64", "arm64"} {
 		probe := filepath.Join(w.root, "bin", "archprobe-"+arch)
-		build := exec.CommandContext(ctx, "go", "build", "-o", probe, "./internal/localcluster/testdata/archprobe")
+		build := exec.CommandContext(ctx, "go", "build", "-o", probe, "./internal/testing/localcluster/testdata/archprobe")
 		build.Dir = repoRoot
 		build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH="+arch)
 		if out, err := build.CombinedOutput(); err != nil {

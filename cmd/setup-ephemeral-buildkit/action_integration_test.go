@@ -16,7 +16,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
-	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 )
 
 // These tests run the real action (action.yml, the dist/index.js shim, the binary) under act in

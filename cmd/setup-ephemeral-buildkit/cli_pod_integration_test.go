@@ -19,9 +19,9 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
-	"github.com/org/setup-ephemeral-buildkit/internal/gitlabci"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
-	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/gitlabci"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 )
 
 // TestIntegrationCLIInsideJobPod runs the GitLab CI/CD component templates/buildkit.yml for real,

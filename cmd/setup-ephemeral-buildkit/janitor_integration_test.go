@@ -22,7 +22,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
-	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 )
 
 // ciAPI stands in for GitLab's or GitHub's REST API on loopback: it answers the documented job

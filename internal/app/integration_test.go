@@ -17,7 +17,7 @@ import (
 
 	"github.com/org/setup-ephemeral-buildkit/internal/buildx"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
-	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 )
 
 // TestIntegrationCLI drives the CLI verbs against the local cluster with the real docker buildx:

@@ -18,9 +18,9 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
-	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/pki"
 	"github.com/org/setup-ephemeral-buildkit/internal/platform"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 )
 
 // jobEnv is one test's world: a namespace with the shipped Role bound to a "runner"

@@ -11,7 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/org/setup-ephemeral-buildkit/internal/localcluster"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 )
 
 func main() {

@@ -16,7 +16,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/org/setup-ephemeral-buildkit/internal/ociimage"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage"
 )
 
 const (
@@ -34,7 +34,7 @@ const (
 
 // sourceDirs are the directories, relative to the module root, whose Go files decide what the
 // archives contain: a change to any of them must rebuild the images.
-var sourceDirs = []string{"hack/cmd/mkimages", "internal/ociimage", "hack/images/pause"}
+var sourceDirs = []string{"hack/cmd/mkimages", "internal/testing/ociimage", "hack/images/pause"}
 
 // busyboxApplets are the applets linked to /bin/busybox in the BuildKit image: what exec
 // probes, preStop hooks and people debugging a builder pod reach for. Each goes where busybox

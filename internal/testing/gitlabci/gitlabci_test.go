@@ -10,7 +10,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/org/setup-ephemeral-buildkit/internal/gitlabci"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/gitlabci"
 )
 
 const testComponent = `# a comment

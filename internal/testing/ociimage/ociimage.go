@@ -221,7 +221,7 @@ func Write(w io.Writer, img Image) (Result, error) {
 		RootFS: v1.RootFS{Type: "layers", DiffIDs: []digest.Digest{diffID}},
 		History: []v1.History{{
 			Created:   &created,
-			CreatedBy: "github.com/org/setup-ephemeral-buildkit/internal/ociimage",
+			CreatedBy: "github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage",
 		}},
 	}
 	configJSON, err := json.Marshal(config)
