@@ -1,9 +1,6 @@
 package localcluster
 
 import (
-	"archive/tar"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -231,52 +228,4 @@ func removeStateDir(stateDir string) error {
 		return fmt.Errorf("removing state directory: %w", err)
 	}
 	return nil
-}
-
-func loadCertPool(path string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("no certificate in %s", path)
-	}
-	return pool, nil
-}
-
-// imageNameInArchive reads the image name from an OCI layout archive's index.json annotation.
-func imageNameInArchive(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("opening image archive: %w", err)
-	}
-	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return "", fmt.Errorf("%s has no index.json", path)
-		}
-		if err != nil {
-			return "", fmt.Errorf("reading %s: %w", path, err)
-		}
-		if strings.TrimPrefix(hdr.Name, "./") != "index.json" {
-			continue
-		}
-		var index struct {
-			Manifests []struct {
-				Annotations map[string]string `json:"annotations"`
-			} `json:"manifests"`
-		}
-		if err := json.NewDecoder(tr).Decode(&index); err != nil {
-			return "", fmt.Errorf("parsing index.json of %s: %w", path, err)
-		}
-		for _, m := range index.Manifests {
-			if name := m.Annotations["io.containerd.image.name"]; name != "" {
-				return name, nil
-			}
-		}
-		return "", fmt.Errorf("index.json of %s names no image (io.containerd.image.name)", path)
-	}
 }

@@ -1,5 +1,6 @@
-// Package ociimage writes container images as OCI image-layout tar archives, without a
-// registry, a container engine or any tool outside the Go standard library.
+// Package ociimage is test and demo tooling, not part of the product: it writes container images
+// as OCI image-layout tar archives, without a registry, a container engine or any tool outside
+// the Go standard library.
 //
 // The local test cluster cannot pull images (the machine has no registry and no internet), so
 // the images it runs are described in Go — a handful of files, directories and symlinks plus an
