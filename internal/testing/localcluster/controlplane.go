@@ -129,74 +129,67 @@ var insecureHTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls
 // collection of owned pods, node lifecycle (it lifts the not-ready taint), service-account
 // tokens, and the workload controllers buildx's kubernetes driver uses.
 type controllerManager struct {
-	port                int
-	kubeconfig, certDir string
-	saKey, rootCA       string
+	loopbackDaemon
+	saKey, rootCA string
 }
 
 func (c *controllerManager) Name() string { return controllerManagerName }
 
 func (c *controllerManager) Start(ctx context.Context, s *session) error {
-	ports, err := freePorts(1)
-	if err != nil {
-		return err
-	}
-	c.port, c.kubeconfig, c.certDir = ports[0], s.kubeconfig("controller-manager"), s.dir("controller-manager")
 	c.saKey, c.rootCA = s.pki.Key("sa"), s.pki.CA()
-	p, err := s.startProcess(controllerManagerName, s.bin(controllerManagerName), c.args())
-	if err != nil {
-		return err
-	}
-	return p.waitHealthy(ctx, httpCheck(insecureHTTP, fmt.Sprintf("https://127.0.0.1:%d/healthz", c.port)))
+	return c.start(ctx, s, controllerManagerName, "controller-manager", c.args)
 }
 
 func (c *controllerManager) args() []string {
-	return []string{
-		"--kubeconfig=" + c.kubeconfig,
-		"--authentication-kubeconfig=" + c.kubeconfig,
-		"--authorization-kubeconfig=" + c.kubeconfig,
-		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", c.port),
-		"--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller," +
-			"node-lifecycle-controller,root-ca-certificate-publisher-controller,deployment-controller,replicaset-controller," +
+	return append(c.commonArgs(),
+		"--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,"+
+			"node-lifecycle-controller,root-ca-certificate-publisher-controller,deployment-controller,replicaset-controller,"+
 			"pod-garbage-collector-controller,ttl-after-finished-controller,job-controller,cronjob-controller",
-		"--service-account-private-key-file=" + c.saKey,
-		"--root-ca-file=" + c.rootCA,
+		"--service-account-private-key-file="+c.saKey,
+		"--root-ca-file="+c.rootCA,
 		"--use-service-account-credentials=true",
-		"--leader-elect=false",
-		"--cert-dir=" + c.certDir,
-		"--profiling=false", "--v=1",
-	}
+	)
 }
 
 // scheduler is kube-scheduler with its defaults.
-type scheduler struct {
-	port                int
-	kubeconfig, certDir string
-}
+type scheduler struct{ loopbackDaemon }
 
 func (sc *scheduler) Name() string { return schedulerName }
 
 func (sc *scheduler) Start(ctx context.Context, s *session) error {
+	return sc.start(ctx, s, schedulerName, "scheduler", sc.commonArgs)
+}
+
+// loopbackDaemon is what the controller-manager and the scheduler share: a client identity with
+// its kubeconfig, no leader election, and a health endpoint with a self-signed certificate on a
+// free loopback port.
+type loopbackDaemon struct {
+	port                int
+	kubeconfig, certDir string
+}
+
+// start picks the port, starts the process with the flags args returns and waits for /healthz.
+func (d *loopbackDaemon) start(ctx context.Context, s *session, name, identity string, args func() []string) error {
 	ports, err := freePorts(1)
 	if err != nil {
 		return err
 	}
-	sc.port, sc.kubeconfig, sc.certDir = ports[0], s.kubeconfig("scheduler"), s.dir("scheduler")
-	p, err := s.startProcess(schedulerName, s.bin(schedulerName), sc.args())
+	d.port, d.kubeconfig, d.certDir = ports[0], s.kubeconfig(identity), s.dir(identity)
+	p, err := s.startProcess(name, s.bin(name), args())
 	if err != nil {
 		return err
 	}
-	return p.waitHealthy(ctx, httpCheck(insecureHTTP, fmt.Sprintf("https://127.0.0.1:%d/healthz", sc.port)))
+	return p.waitHealthy(ctx, httpCheck(insecureHTTP, fmt.Sprintf("https://127.0.0.1:%d/healthz", d.port)))
 }
 
-func (sc *scheduler) args() []string {
+func (d *loopbackDaemon) commonArgs() []string {
 	return []string{
-		"--kubeconfig=" + sc.kubeconfig,
-		"--authentication-kubeconfig=" + sc.kubeconfig,
-		"--authorization-kubeconfig=" + sc.kubeconfig,
-		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", sc.port),
+		"--kubeconfig=" + d.kubeconfig,
+		"--authentication-kubeconfig=" + d.kubeconfig,
+		"--authorization-kubeconfig=" + d.kubeconfig,
+		"--bind-address=127.0.0.1", fmt.Sprintf("--secure-port=%d", d.port),
 		"--leader-elect=false",
-		"--cert-dir=" + sc.certDir,
+		"--cert-dir=" + d.certDir,
 		"--profiling=false", "--v=1",
 	}
 }
