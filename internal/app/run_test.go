@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
@@ -31,6 +32,7 @@ func TestRunUsage(t *testing.T) {
 		{[]string{"up", "-h"}, ExitOK, "-node-selector"},
 		{[]string{"up", "extra"}, ExitUsage, "unexpected arguments"},
 		{[]string{"gc", "--dry-run=maybe"}, ExitUsage, "invalid boolean"},
+		{[]string{"up", "--rootless=1"}, ExitUsage, k8sprov.AcceptedBool},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out bytes.Buffer
@@ -150,7 +152,7 @@ func TestRunGC(t *testing.T) {
 // finishedChecker says every job of its platform has finished; others are not its business.
 type finishedChecker struct{ platform string }
 
-func (c finishedChecker) JobFinished(_ context.Context, job k8sprov.JobIdentity) (bool, error) {
+func (c finishedChecker) JobFinished(_ context.Context, job cijob.Identity) (bool, error) {
 	if job.CIPlatform != c.platform {
 		return false, fmt.Errorf("platform %s: %w", job.CIPlatform, jobstatus.ErrUnsupportedPlatform)
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // GitLabCustomExecutorPrefix prefixes every CI/CD variable in the environment of a GitLab Runner
@@ -36,7 +38,7 @@ type GitLabConfig struct {
 	JobInputs []string
 	// Job is the job's identity; a zero Job means GitLabJob(Getenv, VarPrefix). CIPlatform is
 	// always "gitlab".
-	Job JobIdentity
+	Job cijob.Identity
 	// Post marks the cleanup phase (the hook's cleanup stage, the CLI's down).
 	Post bool
 	// StateDir keeps state between phases, as for the Shell adapter (ShellStateFile).
@@ -60,7 +62,7 @@ type GitLabConfig struct {
 	TempDir string
 }
 
-// GitLab is the Platform of a GitLab CI job: inputs from CI/CD variables (and the runner's
+// GitLab is the System of a GitLab CI job: inputs from CI/CD variables (and the runner's
 // settings), the identity from GitLab's predefined variables, and exports, state and logs as
 // the Shell adapter has them, with collapsible sections in the job log. Build it with
 // NewGitLab.
@@ -74,7 +76,7 @@ type GitLab struct {
 	sections int
 }
 
-var _ Platform = (*GitLab)(nil)
+var _ System = (*GitLab)(nil)
 
 // NewGitLab returns the GitLab adapter, with the state a previous phase saved in cfg.StateDir.
 func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
@@ -85,10 +87,10 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 		cfg.InputPrefix = DefaultGitLabInputPrefix
 	}
 	job := cfg.Job
-	if job == (JobIdentity{}) {
+	if job == (cijob.Identity{}) {
 		job = GitLabJob(cfg.Getenv, cfg.VarPrefix)
 	}
-	job.CIPlatform = "gitlab"
+	job.CIPlatform = cijob.GitLab
 	shell, err := NewShell(ShellConfig{
 		Job: job, Post: cfg.Post, StateDir: cfg.StateDir, Exports: cfg.Exports, OutputPrefix: cfg.OutputPrefix,
 		Log: cfg.Log, Debug: cfg.Getenv(cfg.VarPrefix+"CI_DEBUG_TRACE") == "true", TempDir: cfg.TempDir,
@@ -114,10 +116,10 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 // GitLab has no run attempts: a retried job is a new job with a new id. The CLI fills its
 // Shell adapter's Job with it (prefix "") so that builders of GitLab jobs carry CIPlatform
 // "gitlab" and the janitor can ask GitLab about them.
-func GitLabJob(getenv func(string) string, prefix string) JobIdentity {
+func GitLabJob(getenv func(string) string, prefix string) cijob.Identity {
 	v := func(name string) string { return strings.TrimSpace(getenv(prefix + name)) }
-	return JobIdentity{
-		CIPlatform:   "gitlab",
+	return cijob.Identity{
+		CIPlatform:   cijob.GitLab,
 		Repository:   v("CI_PROJECT_PATH"),
 		RepositoryID: v("CI_PROJECT_ID"),
 		RunID:        v("CI_PIPELINE_ID"),

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 func gitlabEnv(prefix string, extra map[string]string) func(string) string {
@@ -34,7 +36,7 @@ func gitlabEnv(prefix string, extra map[string]string) func(string) string {
 func TestGitLabJob(t *testing.T) {
 	for _, prefix := range []string{"", GitLabCustomExecutorPrefix} {
 		job := GitLabJob(gitlabEnv(prefix, nil), prefix)
-		want := JobIdentity{CIPlatform: "gitlab", Repository: "group/sub/app", RunID: "4711", JobID: "123456",
+		want := cijob.Identity{CIPlatform: "gitlab", Repository: "group/sub/app", RunID: "4711", JobID: "123456",
 			JobName: "image: [linux/arm64]", Commit: "0ff3ae198f8601a285adcf5c0fff204ee6fba5fd",
 			URL: "https://gitlab.example.com/group/sub/app/-/jobs/123456"}
 		if job != want {
@@ -95,7 +97,7 @@ func TestGitLabInputs(t *testing.T) {
 func TestGitLabExplicitJobAndState(t *testing.T) {
 	dir := t.TempDir()
 	exports := &bytes.Buffer{}
-	explicit := JobIdentity{CIPlatform: "other", Repository: "group/app", JobID: "9"}
+	explicit := cijob.Identity{CIPlatform: "other", Repository: "group/app", JobID: "9"}
 	up, err := NewGitLab(GitLabConfig{Getenv: gitlabEnv("", nil), Job: explicit, StateDir: dir, Exports: exports})
 	if err != nil {
 		t.Fatal(err)

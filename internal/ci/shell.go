@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // ShellStateFile is the name of the file, in ShellConfig.StateDir, that keeps state between
@@ -27,7 +29,7 @@ type ShellConfig struct {
 	// Inputs are the inputs by their documented names ("platforms", "namespace", ...).
 	Inputs map[string]string
 	// Job is the job's identity; CIPlatform defaults to "shell".
-	Job JobIdentity
+	Job cijob.Identity
 	// Post marks the cleanup phase (the CLI's down).
 	Post bool
 	// StateDir holds ShellStateFile. NewShell loads it if present; SaveState writes it, and needs
@@ -47,10 +49,10 @@ type ShellConfig struct {
 	TempDir string
 	// JobFromRunnerPod, when set, refines Job with the annotations of the pod the job runs in
 	// (JobFromGitLabPod for GitLab's Kubernetes executor); see RunnerPodJob.
-	JobFromRunnerPod func(job JobIdentity, annotations map[string]string) (JobIdentity, []string, []string)
+	JobFromRunnerPod func(job cijob.Identity, annotations map[string]string) (cijob.Identity, []string, []string)
 }
 
-// Shell is the Platform of the plain CLI, for a person at a terminal or a CI system without an
+// Shell is the System of the plain CLI, for a person at a terminal or a CI system without an
 // adapter of its own. Build it with NewShell.
 type Shell struct {
 	cfg     ShellConfig
@@ -61,12 +63,12 @@ type Shell struct {
 	state map[string]string
 }
 
-var _ Platform = (*Shell)(nil)
+var _ System = (*Shell)(nil)
 
 // NewShell returns the Shell adapter, with the state a previous phase saved in cfg.StateDir.
 func NewShell(cfg ShellConfig) (*Shell, error) {
 	if cfg.Job.CIPlatform == "" {
-		cfg.Job.CIPlatform = "shell"
+		cfg.Job.CIPlatform = cijob.Shell
 	}
 	if cfg.OutputPrefix == "" {
 		cfg.OutputPrefix = DefaultShellOutputPrefix
@@ -94,14 +96,14 @@ func NewShell(cfg ShellConfig) (*Shell, error) {
 	return s, nil
 }
 
-// Name returns the job identity's CIPlatform, "shell" unless configured otherwise.
+// Name returns the job identity's CIPlatform, cijob.Shell unless configured otherwise.
 func (s *Shell) Name() string { return s.cfg.Job.CIPlatform }
 
 // Input returns the configured input, trimmed.
 func (s *Shell) Input(name string) string { return strings.TrimSpace(s.cfg.Inputs[name]) }
 
 // Job returns the configured identity, as JobFromRunnerPod refined it.
-func (s *Shell) Job() JobIdentity {
+func (s *Shell) Job() cijob.Identity {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cfg.Job
@@ -122,6 +124,10 @@ func (s *Shell) JobFromRunnerPod(annotations map[string]string) (taken, notes []
 	s.cfg.Job = job
 	return taken, notes
 }
+
+// RunnerCandidates returns none: a shell knows no runner pod; the provisioner still tries
+// POD_NAME and the host name.
+func (s *Shell) RunnerCandidates() []cijob.RunnerCandidate { return nil }
 
 // IsPost returns the configured Post.
 func (s *Shell) IsPost() bool { return s.cfg.Post }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 func newTestShell(t *testing.T, cfg ShellConfig) (*Shell, *bytes.Buffer, *bytes.Buffer) {
@@ -218,7 +220,7 @@ func TestShellStateErrors(t *testing.T) {
 func TestShellInputsJobAndLogs(t *testing.T) {
 	s, _, log := newTestShell(t, ShellConfig{
 		Inputs:   map[string]string{"platforms": " linux/arm64 \n"},
-		Job:      JobIdentity{Repository: "org/app", JobID: "7"},
+		Job:      cijob.Identity{Repository: "org/app", JobID: "7"},
 		StateDir: "/state",
 	})
 	if got := s.Name(); got != "shell" {
@@ -230,7 +232,7 @@ func TestShellInputsJobAndLogs(t *testing.T) {
 	if got := s.Input("unset"); got != "" {
 		t.Errorf("unset Input = %q", got)
 	}
-	if got, want := s.Job(), (JobIdentity{CIPlatform: "shell", Repository: "org/app", JobID: "7"}); got != want {
+	if got, want := s.Job(), (cijob.Identity{CIPlatform: "shell", Repository: "org/app", JobID: "7"}); got != want {
 		t.Errorf("Job = %+v, want %+v", got, want)
 	}
 	if got := s.TempDir(); got != "/state" {
@@ -253,7 +255,7 @@ func TestShellInputsJobAndLogs(t *testing.T) {
 		t.Errorf("log =\n%s\nwant\n%s", got, want)
 	}
 
-	debug, _, log := newTestShell(t, ShellConfig{Debug: true, TempDir: "/tmp/x", Job: JobIdentity{CIPlatform: "jenkins"}})
+	debug, _, log := newTestShell(t, ShellConfig{Debug: true, TempDir: "/tmp/x", Job: cijob.Identity{CIPlatform: "jenkins"}})
 	debug.Debugf("shown %d", 1)
 	if got := log.String(); got != "debug: shown 1\n" {
 		t.Errorf("debug log = %q", got)

@@ -75,7 +75,7 @@ func (f fakeHooks) record(format string, args ...any) {
 	fmt.Fprintf(file, format+"\n", args...)
 }
 
-func (f fakeHooks) Up(ctx context.Context, p ci.Platform) error {
+func (f fakeHooks) Up(ctx context.Context, p ci.System) error {
 	job := p.Job()
 	if os.Getenv(envUpHang) == "1" {
 		f.record("up-waiting %s", job.JobID)
@@ -116,7 +116,7 @@ func (f fakeHooks) Up(ctx context.Context, p ci.Platform) error {
 	return nil
 }
 
-func (f fakeHooks) Down(ctx context.Context, p ci.Platform) error {
+func (f fakeHooks) Down(ctx context.Context, p ci.System) error {
 	if os.Getenv(envDownHang) == "1" {
 		f.record("down-hanging %s", p.Job().JobID)
 		select {} // a teardown that never returns, even when cancelled

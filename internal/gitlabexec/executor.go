@@ -54,20 +54,20 @@ const (
 // with p.State (p.IsPost is true). Down must be idempotent and must not fail for a job whose Up
 // never ran or failed half-way. internal/app implements them.
 type Hooks interface {
-	Up(ctx context.Context, p ci.Platform) error
-	Down(ctx context.Context, p ci.Platform) error
+	Up(ctx context.Context, p ci.System) error
+	Down(ctx context.Context, p ci.System) error
 }
 
 // HookFuncs adapts two functions to Hooks.
 type HookFuncs struct {
-	UpFunc, DownFunc func(ctx context.Context, p ci.Platform) error
+	UpFunc, DownFunc func(ctx context.Context, p ci.System) error
 }
 
 // Up calls UpFunc.
-func (h HookFuncs) Up(ctx context.Context, p ci.Platform) error { return h.UpFunc(ctx, p) }
+func (h HookFuncs) Up(ctx context.Context, p ci.System) error { return h.UpFunc(ctx, p) }
 
 // Down calls DownFunc.
-func (h HookFuncs) Down(ctx context.Context, p ci.Platform) error { return h.DownFunc(ctx, p) }
+func (h HookFuncs) Down(ctx context.Context, p ci.System) error { return h.DownFunc(ctx, p) }
 
 // ConfigOutput is the JSON config prints, with the field names GitLab Runner documents for
 // config_exec.
@@ -234,7 +234,7 @@ func (e *Executor) Prepare(ctx context.Context, hooks Hooks) error {
 		return systemFailure(StagePrepare, fmt.Errorf("opening the env file: %w", err))
 	}
 	defer f.Close()
-	p, err := e.platform(job, ci.GitLabConfig{Exports: f, Log: e.stdout(), Sections: true})
+	p, err := e.ciSystem(job, ci.GitLabConfig{Exports: f, Log: e.stdout(), Sections: true})
 	if err != nil {
 		return systemFailure(StagePrepare, err)
 	}
@@ -452,7 +452,7 @@ func (e *Executor) Cleanup(ctx context.Context, hooks Hooks) error {
 	defer cancel()
 
 	var errs []error
-	p, err := e.platform(job, ci.GitLabConfig{Post: true, Log: prefixWriter{w: stderr, prefix: "gitlab-executor-hook cleanup: "}})
+	p, err := e.ciSystem(job, ci.GitLabConfig{Post: true, Log: prefixWriter{w: stderr, prefix: "gitlab-executor-hook cleanup: "}})
 	if err != nil {
 		// Unreadable state: Down cannot know what Up made. The janitor and the builders' own
 		// expiry remain.

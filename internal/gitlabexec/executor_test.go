@@ -249,7 +249,7 @@ func TestCleanupWithoutJob(t *testing.T) {
 	stderr := &bytes.Buffer{}
 	e := &Executor{Settings: Settings{StateDir: t.TempDir()}, Getenv: func(string) string { return "" }, Stderr: stderr}
 	called := false
-	hooks := HookFuncs{DownFunc: func(context.Context, ci.Platform) error { called = true; return nil }}
+	hooks := HookFuncs{DownFunc: func(context.Context, ci.System) error { called = true; return nil }}
 	err := e.Cleanup(context.Background(), hooks)
 	var sys *SystemFailureError
 	if !errors.As(err, &sys) || called {

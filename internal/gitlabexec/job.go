@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // JobEnvDir is the variable config puts into job_env: the job's directory, which the runner
@@ -35,7 +36,7 @@ type jobResponse struct {
 // Job is the GitLab job a stage works for, and where its files are.
 type Job struct {
 	// Identity is the job as the CI adapter reports it.
-	Identity ci.JobIdentity
+	Identity cijob.Identity
 	// Dir is the job's own directory: state, env file, certificates, buildx configuration.
 	Dir string
 	// EnvFile is the env file in Dir.
@@ -99,9 +100,9 @@ func (e *Executor) job() (Job, error) {
 	return job, nil
 }
 
-// platform returns the CI adapter for the job: inputs from the administrator and, where
+// ciSystem returns the CI adapter for the job: inputs from the administrator and, where
 // allowed, the job's CUSTOM_ENV_BUILDKIT_* variables; state in the job's directory.
-func (e *Executor) platform(job Job, cfg ci.GitLabConfig) (*ci.GitLab, error) {
+func (e *Executor) ciSystem(job Job, cfg ci.GitLabConfig) (*ci.GitLab, error) {
 	s := e.settings()
 	cfg.Getenv = e.getenv
 	cfg.VarPrefix = ci.GitLabCustomExecutorPrefix
