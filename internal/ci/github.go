@@ -35,7 +35,7 @@ const maxSummaryBytes = 1024 * 1024
 // Build it with NewGitHub.
 type GitHub struct {
 	getenv func(string) string
-	out    *lockedWriter
+	out    *LockedWriter
 	random io.Reader
 }
 
@@ -52,7 +52,7 @@ func WithGetenv(getenv func(string) string) GitHubOption {
 // WithWriter makes the adapter write logs and workflow commands to w (default os.Stdout), which
 // the runner reads.
 func WithWriter(w io.Writer) GitHubOption {
-	return func(g *GitHub) { g.out = &lockedWriter{w: w} }
+	return func(g *GitHub) { g.out = &LockedWriter{W: w} }
 }
 
 // WithRandom makes the adapter draw heredoc delimiters from r (default crypto/rand.Reader).
@@ -62,7 +62,7 @@ func WithRandom(r io.Reader) GitHubOption {
 
 // NewGitHub returns the GitHub adapter.
 func NewGitHub(opts ...GitHubOption) *GitHub {
-	g := &GitHub{getenv: os.Getenv, out: &lockedWriter{w: os.Stdout}, random: defaultRandom()}
+	g := &GitHub{getenv: os.Getenv, out: &LockedWriter{W: os.Stdout}, random: defaultRandom()}
 	for _, opt := range opts {
 		opt(g)
 	}

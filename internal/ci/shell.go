@@ -56,8 +56,8 @@ type ShellConfig struct {
 // adapter of its own. Build it with NewShell.
 type Shell struct {
 	cfg     ShellConfig
-	log     *lockedWriter
-	exports *lockedWriter
+	log     *LockedWriter
+	exports *LockedWriter
 
 	mu    sync.Mutex
 	state map[string]string
@@ -76,9 +76,9 @@ func NewShell(cfg ShellConfig) (*Shell, error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
-	s := &Shell{cfg: cfg, log: &lockedWriter{w: cfg.Log}, state: map[string]string{}}
+	s := &Shell{cfg: cfg, log: &LockedWriter{W: cfg.Log}, state: map[string]string{}}
 	if cfg.Exports != nil {
-		s.exports = &lockedWriter{w: cfg.Exports}
+		s.exports = &LockedWriter{W: cfg.Exports}
 	}
 	if cfg.StateDir != "" {
 		path := filepath.Join(cfg.StateDir, ShellStateFile)
@@ -231,6 +231,83 @@ func (s *Shell) export(name, value string) error {
 // ends the quoting, adds an escaped quote and starts quoting again.
 func ShellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// ParseExports reads the `export NAME='value'` lines the Shell and GitLab adapters write (see
+// ShellQuote) and returns the variables, a later line for a name overriding an earlier one.
+// It accepts exactly that form — one export per line, the value a sequence of single-quoted
+// strings and \' — so that reading an env file never runs anything; blank lines and lines
+// starting with '#' are skipped.
+func ParseExports(r io.Reader) (map[string]string, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("reading exports: %w", err)
+	}
+	s := string(data)
+	vars := map[string]string{}
+	line := 1
+	for len(s) > 0 {
+		switch {
+		case s[0] == '\n':
+			s, line = s[1:], line+1
+			continue
+		case s[0] == '#':
+			if i := strings.IndexByte(s, '\n'); i >= 0 {
+				s = s[i:]
+			} else {
+				s = ""
+			}
+			continue
+		case strings.TrimLeft(s[:lineEnd(s)], " \t") == "":
+			s = s[lineEnd(s):]
+			continue
+		}
+		rest, ok := strings.CutPrefix(s, "export ")
+		if !ok {
+			return nil, fmt.Errorf("exports line %d: does not start with \"export \"", line)
+		}
+		eq := strings.IndexByte(rest, '=')
+		if eq < 0 || !shellName.MatchString(rest[:eq]) {
+			return nil, fmt.Errorf("exports line %d: no NAME= after export", line)
+		}
+		name := rest[:eq]
+		rest = rest[eq+1:]
+		var value strings.Builder
+		for len(rest) > 0 && rest[0] != '\n' {
+			switch {
+			case rest[0] == '\'':
+				end := strings.IndexByte(rest[1:], '\'')
+				if end < 0 {
+					return nil, fmt.Errorf("exports line %d: %s: unterminated quote", line, name)
+				}
+				quoted := rest[1 : 1+end]
+				value.WriteString(quoted)
+				line += strings.Count(quoted, "\n")
+				rest = rest[end+2:]
+			case strings.HasPrefix(rest, `\'`):
+				value.WriteByte('\'')
+				rest = rest[2:]
+			case rest[0] == ' ' || rest[0] == '\t':
+				rest = strings.TrimLeft(rest, " \t")
+				if len(rest) > 0 && rest[0] != '\n' {
+					return nil, fmt.Errorf("exports line %d: %s: text after the value", line, name)
+				}
+			default:
+				return nil, fmt.Errorf("exports line %d: %s: unexpected %q in value", line, name, rest[0])
+			}
+		}
+		vars[name] = value.String()
+		s = rest
+	}
+	return vars, nil
+}
+
+// lineEnd returns the index of the first '\n' in s, or len(s).
+func lineEnd(s string) int {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return i
+	}
+	return len(s)
 }
 
 // Mask does nothing: a terminal has no masking. The CLI never prints private keys.

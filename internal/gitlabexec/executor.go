@@ -162,6 +162,20 @@ func (e *Executor) Dispatch(ctx context.Context, args []string, hooks Hooks) err
 	return &SystemFailureError{Stage: args[0], Err: fmt.Errorf("unknown stage %q (want config, prepare, run or cleanup)", args[0])}
 }
 
+// begin is every stage's preamble: the settings, checked, and the job the stage works for. Its
+// error is the stage's SystemFailureError.
+func (e *Executor) begin(stage string) (Settings, Job, error) {
+	s := e.settings()
+	if err := s.validate(); err != nil {
+		return s, Job{}, systemFailure(stage, err)
+	}
+	job, err := e.job(s)
+	if err != nil {
+		return s, Job{}, systemFailure(stage, err)
+	}
+	return s, job, nil
+}
+
 // cancelOnSignal returns a context cancelled when a signal arrives on Signals.
 func (e *Executor) cancelOnSignal(ctx context.Context) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -180,13 +194,9 @@ func (e *Executor) cancelOnSignal(ctx context.Context) (context.Context, func())
 // Config prints the runner's configuration for the job as JSON on stdout (the runner parses all
 // of stdout; logs go to stderr).
 func (e *Executor) Config() error {
-	s := e.settings()
-	if err := s.validate(); err != nil {
-		return systemFailure(StageConfig, err)
-	}
-	job, err := e.job()
+	s, job, err := e.begin(StageConfig)
 	if err != nil {
-		return systemFailure(StageConfig, err)
+		return err
 	}
 	out := ConfigOutput{
 		BuildsDir:         job.BuildsDir,
@@ -211,13 +221,9 @@ func (e *Executor) Config() error {
 // job's CI adapter, logging to the job log. A retried prepare (the runner tries three times)
 // starts a fresh env file and finds the state of the attempt before.
 func (e *Executor) Prepare(ctx context.Context, hooks Hooks) error {
-	s := e.settings()
-	if err := s.validate(); err != nil {
-		return systemFailure(StagePrepare, err)
-	}
-	job, err := e.job()
+	_, job, err := e.begin(StagePrepare)
 	if err != nil {
-		return systemFailure(StagePrepare, err)
+		return err
 	}
 	if err := os.MkdirAll(job.Dir, 0o700); err != nil {
 		return systemFailure(StagePrepare, fmt.Errorf("creating the job directory: %w", err))
@@ -254,13 +260,9 @@ func (e *Executor) Prepare(ctx context.Context, hooks Hooks) error {
 // $BUILD_EXIT_CODE_FILE); a script that cannot be run is a SystemFailureError.
 func (e *Executor) Run(ctx context.Context, script, subStage string) error {
 	stage := StageRun + " " + subStage
-	s := e.settings()
-	if err := s.validate(); err != nil {
-		return systemFailure(stage, err)
-	}
-	job, err := e.job()
+	s, job, err := e.begin(stage)
 	if err != nil {
-		return systemFailure(stage, err)
+		return err
 	}
 	vars, err := readEnvFile(job.EnvFile)
 	if err != nil {
@@ -272,7 +274,7 @@ func (e *Executor) Run(ctx context.Context, script, subStage string) error {
 	}
 	// The hook's own messages and the script's stderr share one stream, written from two
 	// goroutines when it is not a file.
-	stderr := &lockedWriter{w: e.stderr()}
+	stderr := &ci.LockedWriter{W: e.stderr()}
 	cmd := exec.Command(s.Shell, script)
 	cmd.Env = mergeEnv(base(), vars)
 	cmd.Stdout, cmd.Stderr = e.stdout(), stderr
@@ -432,20 +434,15 @@ const cleanupGrace = 2 * time.Second
 // does not return by then is abandoned. Everything it does is logged to stderr, which the
 // runner logs at warning level. Its result does not change the job's status.
 func (e *Executor) Cleanup(ctx context.Context, hooks Hooks) error {
-	s := e.settings()
 	// Down may still be writing when Cleanup gives up on it.
-	stderr := &lockedWriter{w: e.stderr()}
+	stderr := &ci.LockedWriter{W: e.stderr()}
 	log := func(format string, args ...any) {
 		fmt.Fprintf(stderr, "gitlab-executor-hook cleanup: "+format+"\n", args...)
 	}
-	if err := s.validate(); err != nil {
-		log("%v", err)
-		return systemFailure(StageCleanup, err)
-	}
-	job, err := e.job()
+	s, job, err := e.begin(StageCleanup)
 	if err != nil {
-		log("%v; nothing cleaned up", err)
-		return systemFailure(StageCleanup, err)
+		log("%v; nothing cleaned up", errors.Unwrap(err))
+		return err
 	}
 	log("job %s of %s, directory %s", job.Identity.JobID, job.Identity.Repository, job.Dir)
 	ctx, cancel := context.WithTimeout(ctx, s.CleanupTimeout)
@@ -505,18 +502,6 @@ func removeDir(dir string) error {
 		return fmt.Errorf("removing %s: %w", dir, err)
 	}
 	return nil
-}
-
-// lockedWriter serialises writes to w.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }
 
 // prefixWriter prefixes every line written to w.

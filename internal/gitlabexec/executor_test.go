@@ -128,7 +128,7 @@ func TestRunForwardsCancellation(t *testing.T) {
 		Environ:  func() []string { return []string{"PATH=" + os.Getenv("PATH")} },
 		Stdout:   stdout, Stderr: &bytes.Buffer{},
 	}
-	job, err := e.job()
+	job, err := e.job(e.settings())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +232,7 @@ func preparedExecutor(t *testing.T, settings Settings, environ ...string) *Execu
 		Getenv:   func(k string) string { return env[k] },
 		Environ:  func() []string { return append([]string{"PATH=" + os.Getenv("PATH")}, environ...) },
 	}
-	job, err := e.job()
+	job, err := e.job(e.settings())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,8 +53,7 @@ var digits = regexp.MustCompile(`^[0-9]{1,19}$`)
 // job finds the job of this stage. Its id comes from the runner's job response when there is
 // one: a job's CI/CD variables may override CI_JOB_ID, and the id names the directory with the
 // job's client key. Name, commit and project id come from there too; the rest from CUSTOM_ENV_ variables.
-func (e *Executor) job() (Job, error) {
-	s := e.settings()
+func (e *Executor) job(s Settings) (Job, error) {
 	id := ci.GitLabJob(e.getenv, ci.GitLabCustomExecutorPrefix)
 	var job Job
 	if path := e.getenv(EnvJobResponseFile); path != "" {

@@ -60,7 +60,7 @@ func ExampleParseOptions_errors() {
 		Platforms:   "linux/amd64,linux/sparc64",
 		Tolerations: "linux/arm64=arch=arm64:NoFoo",
 	})
-	for _, err := range err.(interface{ Unwrap() []error }).Unwrap() {
+	for _, err := range k8sprov.Flatten(err) {
 		var inputErr *k8sprov.InputError
 		if errors.As(err, &inputErr) {
 			fmt.Printf("%s: %q: %v\n", inputErr.Input, inputErr.Value, inputErr.Err)

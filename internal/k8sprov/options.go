@@ -211,7 +211,7 @@ func ParseOptions(job cijob.Identity, in Inputs) (Options, error) {
 	for _, err := range errs {
 		failed[err.(*InputError).Input] = true
 	}
-	for _, err := range flatten(opts.Validate()) {
+	for _, err := range Flatten(opts.Validate()) {
 		var inputErr *InputError
 		if errors.As(err, &inputErr) && failed[inputErr.Input] {
 			continue
@@ -222,22 +222,6 @@ func ParseOptions(job cijob.Identity, in Inputs) (Options, error) {
 		return Options{}, errors.Join(errs...)
 	}
 	return opts, nil
-}
-
-// flatten lists the errors inside nested errors.Join results.
-func flatten(err error) []error {
-	if err == nil {
-		return nil
-	}
-	joined, ok := err.(interface{ Unwrap() []error })
-	if !ok {
-		return []error{err}
-	}
-	var list []error
-	for _, inner := range joined.Unwrap() {
-		list = append(list, flatten(inner)...)
-	}
-	return list
 }
 
 func parseOwner(s string) OwnerSelection {
