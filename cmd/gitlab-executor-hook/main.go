@@ -34,7 +34,7 @@ func realMain() error {
 	defer stop()
 	settings, err := gitlabexec.SettingsFromEnv(os.Environ(), os.Hostname)
 	if err != nil {
-		return &gitlabexec.SystemFailureError{Stage: "reading the hook's settings", Err: err}
+		return &gitlabexec.ConfigurationError{Stage: "reading the hook's settings", Err: err}
 	}
 	settings.DriverVersion = version
 	deps := app.DefaultDeps(version)

@@ -16,9 +16,11 @@
 // from CUSTOM_ENV_ variables otherwise. Each job has its own directory, job-<id>, so concurrent
 // jobs on one runner never see each other's builders, certificates or buildx configuration.
 //
-// Failures map to the runner's exit codes: a failing script is a BuildFailureError
-// ($BUILD_FAILURE_EXIT_CODE), anything failing in the hook a SystemFailureError
-// ($SYSTEM_FAILURE_EXIT_CODE, on which the runner retries prepare). ExitCode does the mapping.
+// Failures map to the runner's exit codes: a failing script is a BuildFailureError and a refused
+// input or setting a ConfigurationError (both $BUILD_FAILURE_EXIT_CODE: retrying cannot help);
+// anything else failing in the hook — the Kubernetes API, scheduling, a timeout — is a
+// SystemFailureError ($SYSTEM_FAILURE_EXIT_CODE, on which the runner retries prepare). ExitCode
+// does the mapping.
 package gitlabexec
 
 import (
@@ -167,7 +169,7 @@ func (e *Executor) Dispatch(ctx context.Context, args []string, hooks Hooks) err
 func (e *Executor) begin(stage string) (Settings, Job, error) {
 	s := e.settings()
 	if err := s.validate(); err != nil {
-		return s, Job{}, systemFailure(stage, err)
+		return s, Job{}, &ConfigurationError{Stage: stage, Err: err}
 	}
 	job, err := e.job(s)
 	if err != nil {
@@ -245,7 +247,7 @@ func (e *Executor) Prepare(ctx context.Context, hooks Hooks) error {
 		return systemFailure(StagePrepare, err)
 	}
 	if err := hooks.Up(ctx, p); err != nil {
-		return systemFailure(StagePrepare, fmt.Errorf("creating the builders: %w", err))
+		return configurationOrSystemFailure(StagePrepare, fmt.Errorf("creating the builders: %w", err))
 	}
 	if err := f.Close(); err != nil {
 		return systemFailure(StagePrepare, fmt.Errorf("writing the env file: %w", err))
