@@ -90,8 +90,10 @@ func Run(ctx context.Context, args []string, deps Deps) error {
 		usage(d.Stdout)
 		return nil
 	}
+	err := fmt.Errorf("unknown command %q (want up, down, env, gc, version or help)", verb)
+	fmt.Fprintf(d.Stderr, "setup-ephemeral-buildkit: %v\n\n", err)
 	usage(d.Stderr)
-	return &exitError{code: ExitUsage, reported: true, err: fmt.Errorf("unknown command %q", verb)}
+	return &exitError{code: ExitUsage, reported: true, err: err}
 }
 
 func usage(w io.Writer) {
@@ -181,7 +183,7 @@ func (b boolInput) IsBoolFlag() bool { return true }
 
 // jobFlags are the job identity's fields; on GitLab their defaults come from its variables.
 type jobFlags struct {
-	ciPlatform, repository, repositoryID, runID, jobID, jobName, commit, url string
+	ciPlatform, repository, repositoryID, runID, runAttempt, jobID, jobName, commit, url string
 	// explicit names the flags given on the command line.
 	explicit map[string]bool
 }
@@ -203,6 +205,7 @@ func (j *jobFlags) register(fs *flag.FlagSet, d Deps) {
 	fs.StringVar(&j.repository, "repository", defaults.Repository, "repository or project, recorded on the builders")
 	fs.StringVar(&j.repositoryID, ci.JobFieldRepositoryID, defaults.RepositoryID, "numeric repository or project id, recorded on the builders (the janitor asks GitLab by it)")
 	fs.StringVar(&j.runID, "run-id", defaults.RunID, "run or pipeline id")
+	fs.StringVar(&j.runAttempt, "run-attempt", defaults.RunAttempt, "attempt of the run, where the CI system re-runs (GitHub); with the other fields it names the builders")
 	fs.StringVar(&j.jobID, "job-id", defaults.JobID, "job id, unique among the jobs running at the same time; with the other fields it names the builders")
 	fs.StringVar(&j.jobName, "job-name", defaults.JobName, "job name, recorded on the builders")
 	fs.StringVar(&j.commit, "commit", defaults.Commit, "commit being built, recorded on the builders")
@@ -211,7 +214,7 @@ func (j *jobFlags) register(fs *flag.FlagSet, d Deps) {
 
 func (j *jobFlags) identity() cijob.Identity {
 	return cijob.Identity{CIPlatform: j.ciPlatform, Repository: j.repository, RepositoryID: j.repositoryID, RunID: j.runID,
-		JobID: j.jobID, JobName: j.jobName, Commit: j.commit, URL: j.url}
+		RunAttempt: j.runAttempt, JobID: j.jobID, JobName: j.jobName, Commit: j.commit, URL: j.url}
 }
 
 // recordExplicit notes which flags the command line set; call it after parsing.
@@ -261,8 +264,10 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return &exitError{code: ExitUsage, reported: true, err: err}
 	}
 	if fs.NArg() > 0 {
+		err := fmt.Errorf("unexpected arguments: %s (%s takes flags only)", strings.Join(fs.Args(), " "), fs.Name())
+		fmt.Fprintf(fs.Output(), "setup-ephemeral-buildkit: %v\n\n", err)
 		fs.Usage()
-		return &exitError{code: ExitUsage, reported: true, err: fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
+		return &exitError{code: ExitUsage, reported: true, err: err}
 	}
 	return nil
 }
@@ -277,7 +282,8 @@ func runUp(ctx context.Context, args []string, d Deps) error {
 		*v = f.def
 		values[f.name] = v
 		if f.boolean {
-			fs.Var(boolInput{v}, f.name, f.usage+" (default "+f.def+")")
+			// PrintDefaults adds "(default ...)" itself.
+			fs.Var(boolInput{v}, f.name, f.usage)
 		} else {
 			fs.StringVar(v, f.name, f.def, f.usage)
 		}

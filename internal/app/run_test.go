@@ -27,6 +27,9 @@ func TestRunUsage(t *testing.T) {
 	}{
 		{nil, ExitUsage, "Usage: setup-ephemeral-buildkit COMMAND"},
 		{[]string{"frobnicate"}, ExitUsage, "Commands:"},
+		{[]string{"frobnicate"}, ExitUsage, `setup-ephemeral-buildkit: unknown command "frobnicate"`},
+		{[]string{"up", "-h"}, ExitOK, "-run-attempt"},
+		{[]string{"env", "stray"}, ExitUsage, "setup-ephemeral-buildkit: unexpected arguments: stray (env takes flags only)"},
 		{[]string{"help"}, ExitOK, "Commands:"},
 		{[]string{"version"}, ExitOK, "setup-ephemeral-buildkit v1.2.3"},
 		{[]string{"up", "-h"}, ExitOK, "-node-selector"},
@@ -44,6 +47,27 @@ func TestRunUsage(t *testing.T) {
 				t.Errorf("output lacks %q:\n%s\nerr: %v", tc.out, out.String(), err)
 			}
 		})
+	}
+}
+
+// Boolean flags name their default once (flag.PrintDefaults adds it; the usage text must not).
+func TestRunUpUsageNamesDefaultsOnce(t *testing.T) {
+	var out bytes.Buffer
+	_ = Run(context.Background(), []string{"up", "-h"}, Deps{Getenv: func(string) string { return "" }, Stdout: &out, Stderr: &out})
+	if strings.Contains(out.String(), "(default true) (default true)") || strings.Contains(out.String(), "(default false) (default false)") {
+		t.Errorf("a default printed twice:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "(default true)") {
+		t.Errorf("no boolean default shown:\n%s", out.String())
+	}
+}
+
+// A missing --kubeconfig file is named as missing, not reported as a configuration without contexts.
+func TestNewKubeClientMissingKubeconfig(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope.kubeconfig")
+	_, err := NewKubeClient(missing, func(string) string { return "" }, "test")
+	if err == nil || !strings.Contains(err.Error(), missing) || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("NewKubeClient(missing) = %v, want an error naming %s as not existing", err, missing)
 	}
 }
 
