@@ -30,7 +30,7 @@ var builderNamePattern = regexp.MustCompile(`^[a-z][a-z0-9._-]*$`)
 // and exports the builder to later steps. What it needs to undo all that is saved as state
 // before anything is created, so that Post can remove it even when Main is killed half-way.
 // When Main fails or its context is cancelled, it removes what it created before returning.
-func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
+func Main(ctx context.Context, p ci.System, deps Deps) (err error) {
 	d := deps.withDefaults()
 	started := d.Now()
 	p.Infof("setup-ephemeral-buildkit %s", d.Version)
@@ -41,8 +41,8 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 	}
 
 	in, set, inputErr := readInputs(p, d.ReadFile)
-	opts, optsErr := k8sprov.ParseOptions(jobIdentity(p.Job()), in)
-	if err := errors.Join(inputErr, renameInputs(optsErr)); err != nil {
+	opts, optsErr := k8sprov.ParseOptions(p.Job(), in)
+	if err := errors.Join(inputErr, optsErr); err != nil {
 		return fmt.Errorf("checking the inputs:\n%w", err)
 	}
 	if set.name != "" && (!builderNamePattern.MatchString(set.name) || set.name == "default") {
@@ -180,7 +180,7 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 
 // resolve connects to Kubernetes, finds the builders' namespace and the runner pod that will own
 // them, and plans the job's objects.
-func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, kubeconfig string, defaultPlatform platform.Platform) (*KubeClient, k8sprov.Plan, error) {
+func resolve(ctx context.Context, p ci.System, d Deps, opts k8sprov.Options, kubeconfig string, defaultPlatform platform.Platform) (*KubeClient, k8sprov.Plan, error) {
 	end := p.Group("Finding the runner pod")
 	defer end()
 	kube, err := d.Kube(ctx, kubeconfig)
@@ -192,6 +192,7 @@ func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, k
 	lookup := k8sprov.OwnerLookup{
 		Selection:           opts.Owner,
 		Namespace:           opts.Namespace,
+		Candidates:          p.RunnerCandidates(),
 		Getenv:              d.Getenv,
 		Hostname:            hostname,
 		ReadFile:            d.ReadFile,
@@ -225,7 +226,7 @@ func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, k
 // jobFromRunnerPod lets a platform whose CI system describes the job on the pod it runs in
 // (GitLab's Kubernetes executor) take the job's identity from the runner pod's annotations,
 // and returns opts with that identity. It costs no request: owner discovery read the pod.
-func jobFromRunnerPod(p ci.Platform, opts k8sprov.Options, owner *k8sprov.RunnerPod) (k8sprov.Options, error) {
+func jobFromRunnerPod(p ci.System, opts k8sprov.Options, owner *k8sprov.RunnerPod) (k8sprov.Options, error) {
 	refiner, ok := p.(ci.RunnerPodJob)
 	if !ok {
 		return opts, nil
@@ -237,8 +238,8 @@ func jobFromRunnerPod(p ci.Platform, opts k8sprov.Options, owner *k8sprov.Runner
 	if len(taken) == 0 {
 		return opts, nil
 	}
-	job := jobIdentity(p.Job())
-	if err := job.Validate(); err != nil {
+	job := p.Job()
+	if err := k8sprov.ValidateJob(job); err != nil {
 		return opts, fmt.Errorf("the job identity from the runner pod %s's annotations: %w", owner.Name, err)
 	}
 	opts.Job = job
@@ -271,7 +272,7 @@ const (
 const maxLoggedOutputSize = 4096
 
 // export sets the outputs and the environment of later steps, and returns the environment.
-func export(p ci.Platform, b buildx.Builder, insp buildx.Inspection, buildxDir string, files pki.ClientFiles, use bool) (map[string]string, error) {
+func export(p ci.System, b buildx.Builder, insp buildx.Inspection, buildxDir string, files pki.ClientFiles, use bool) (map[string]string, error) {
 	nodes, err := buildx.NodesJSON(b, insp)
 	if err != nil {
 		return nil, err
@@ -324,7 +325,7 @@ func export(p ci.Platform, b buildx.Builder, insp buildx.Inspection, buildxDir s
 
 // progressPrinter writes the provisioner's live progress, one line per change, with the time
 // since start. An event Kubernetes repeats for the same pod (its count goes up) is shown once.
-func progressPrinter(p ci.Platform, start time.Time) func(k8sprov.Progress) {
+func progressPrinter(p ci.System, start time.Time) func(k8sprov.Progress) {
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	return func(pr k8sprov.Progress) {

@@ -3,9 +3,9 @@
 // removed when the job ends.
 //
 // This file set holds the pure part: the provisioner's inputs, parsed and validated in one place
-// (ParseOptions), the job key that lets a retried step find its own objects (JobIdentity.Key),
+// (ParseOptions), the job key that lets a retried step find its own objects (KeyOf),
 // and the rendering of the Secret and pods (RenderSecret, RenderPod) from a Plan. Nothing here
 // talks to the API server; the functions are golden-tested.
 //
-// The package knows nothing about GitHub or GitLab: CI adapters fill JobIdentity and Inputs.
+// The package knows nothing about GitHub or GitLab: CI adapters fill a cijob.Identity and the Inputs.
 package k8sprov
