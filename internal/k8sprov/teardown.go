@@ -64,39 +64,51 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var report TeardownReport
-	var errs []error
-	selector := metav1.ListOptions{LabelSelector: JobSelector(key)}
+	deletedPods, err := p.deletePods(ctx, ns, key, owner, opts.GracePeriod, &report)
+	if err != nil && deletedPods == nil {
+		return report, err
+	}
+	errs := []error{err, p.deleteSecrets(ctx, ns, key, owner, opts, &report)}
+	if opts.Wait && len(deletedPods) > 0 {
+		errs = append(errs, p.waitPodsGone(ctx, ns, key, deletedPods))
+	}
+	return report, errors.Join(errs...)
+}
 
+// deletePods deletes the job's pods that refuseDelete allows and returns the UIDs of those
+// deleted or already being deleted. It returns nil UIDs and the error when it cannot list them.
+func (p *Provisioner) deletePods(ctx context.Context, ns string, key JobKey, owner *RunnerPod, grace *int64, report *TeardownReport) ([]types.UID, error) {
 	var pods *corev1.PodList
 	err := retryTransient(ctx, func(ctx context.Context) (err error) {
-		pods, err = p.Client.CoreV1().Pods(ns).List(ctx, selector)
+		pods, err = p.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(key)})
 		return err
 	})
 	if err != nil {
-		return report, explainAPIError(err, "list", "pods", ns, "listing the job's builder pods")
+		return nil, explainAPIError(err, "list", "pods", ns, "listing the job's builder pods")
 	}
-	var deletedPods []types.UID
+	deleted := []types.UID{}
+	var errs []error
 	for i := range pods.Items {
 		pod := &pods.Items[i]
 		if why := refuseDelete(pod, key, owner); why != "" {
 			report.Skipped = append(report.Skipped, "pod/"+pod.Name+": "+why)
 			continue
 		}
-		if pod.DeletionTimestamp != nil && opts.GracePeriod == nil {
+		if pod.DeletionTimestamp != nil && grace == nil {
 			report.Deleting = append(report.Deleting, "pod/"+pod.Name)
-			deletedPods = append(deletedPods, pod.UID)
+			deleted = append(deleted, pod.UID)
 			continue
 		}
 		err := retryTransient(ctx, func(ctx context.Context) error {
 			return p.Client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{
 				Preconditions:      &metav1.Preconditions{UID: &pod.UID},
-				GracePeriodSeconds: opts.GracePeriod,
+				GracePeriodSeconds: grace,
 			})
 		})
 		switch {
 		case err == nil:
 			report.Deleted = append(report.Deleted, "pod/"+pod.Name)
-			deletedPods = append(deletedPods, pod.UID)
+			deleted = append(deleted, pod.UID)
 		case apierrors.IsNotFound(err):
 		case apierrors.IsConflict(err):
 			report.Skipped = append(report.Skipped, "pod/"+pod.Name+": replaced by another object of that name")
@@ -104,9 +116,16 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 			errs = append(errs, explainAPIError(err, "delete", "pods", ns, "deleting builder pod "+pod.Name))
 		}
 	}
+	return deleted, errors.Join(errs...)
+}
+
+// deleteSecrets deletes the Secrets opts names, and with opts.ListSecrets those of the job that
+// refuseDelete allows, each conditional on its UID.
+func (p *Provisioner) deleteSecrets(ctx context.Context, ns string, key JobKey, owner *RunnerPod, opts TeardownOptions, report *TeardownReport) error {
+	var errs []error
 	secrets := opts.Secrets
 	if opts.ListSecrets {
-		list, err := p.Client.CoreV1().Secrets(ns).List(ctx, selector)
+		list, err := p.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(key)})
 		if err != nil {
 			errs = append(errs, explainAPIError(err, "list", "secrets", ns, "listing the job's Secrets"))
 		}
@@ -136,12 +155,7 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 			errs = append(errs, explainAPIError(err, "delete", "secrets", ns, "deleting Secret "+secret.Name))
 		}
 	}
-	if opts.Wait && len(deletedPods) > 0 {
-		if err := p.waitPodsGone(ctx, ns, key, deletedPods); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return report, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // refuseDelete says why obj must not be deleted as part of job key's teardown, or "" if it may.
