@@ -177,40 +177,36 @@ func refuseDelete(obj metav1.Object, key JobKey, owner *RunnerPod) string {
 	return ""
 }
 
-// waitPodsGone watches until none of the given pods exists.
+// waitPodsGone watches until none of the given pods exists. The watch survives closed watches and
+// an API server that goes away for a while (resumingWatch); only ctx ends the wait.
 func (p *Provisioner) waitPodsGone(ctx context.Context, ns string, key JobKey, uids []types.UID) error {
-	remaining := map[types.UID]bool{}
-	for _, uid := range uids {
-		remaining[uid] = true
-	}
-	list, err := p.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(key)})
+	w, err := p.watchPods(ctx, ns, key, "builder pods (waiting for them to go)")
 	if err != nil {
-		return explainAPIError(err, "list", "pods", ns, "waiting for builder pods to go")
-	}
-	present := map[types.UID]bool{}
-	for _, pod := range list.Items {
-		present[pod.UID] = true
-	}
-	for uid := range remaining {
-		if !present[uid] {
-			delete(remaining, uid)
-		}
-	}
-	if len(remaining) == 0 {
-		return nil
-	}
-	w, err := p.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: JobSelector(key), ResourceVersion: list.ResourceVersion})
-	if err != nil {
-		return explainAPIError(err, "watch", "pods", ns, "waiting for builder pods to go")
+		return err
 	}
 	defer w.Stop()
+	remaining := map[types.UID]bool{}
+	present := map[types.UID]bool{}
+	for _, obj := range w.knownSnapshot() {
+		if pod, ok := obj.(*corev1.Pod); ok {
+			present[pod.UID] = true
+		}
+	}
+	for _, uid := range uids {
+		if present[uid] {
+			remaining[uid] = true
+		}
+	}
 	for len(remaining) > 0 {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for %d builder pod(s) to go: %w", len(remaining), ctx.Err())
+			return p.waitGoneError(ctx, w, len(remaining))
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return fmt.Errorf("watch closed while waiting for builder pods to go")
+				return p.waitGoneError(ctx, w, len(remaining))
+			}
+			if ev.Type == watch.Error {
+				return explainAPIError(apierrors.FromObject(ev.Object), "watch", "pods", ns, "waiting for builder pods to go")
 			}
 			if pod, isPod := ev.Object.(*corev1.Pod); isPod && ev.Type == watch.Deleted {
 				delete(remaining, pod.UID)
@@ -218,4 +214,13 @@ func (p *Provisioner) waitPodsGone(ctx context.Context, ns string, key JobKey, u
 		}
 	}
 	return nil
+}
+
+// waitGoneError explains why n pods were not seen to go, naming an API server that is away.
+func (p *Provisioner) waitGoneError(ctx context.Context, w *resumingWatch, n int) error {
+	if since, err := w.Away(); !since.IsZero() {
+		return fmt.Errorf("waiting for %d builder pod(s) to go: the API server has not answered for %.1fs (last error: %v): %w",
+			n, p.now().Sub(since).Seconds(), err, ctx.Err())
+	}
+	return fmt.Errorf("waiting for %d builder pod(s) to go: %w", n, ctx.Err())
 }

@@ -16,6 +16,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/pki"
@@ -26,12 +27,11 @@ import (
 // over mutual TLS: it turns pod changes and events into progress, diagnoses pods that will not
 // become ready, and starts verifying each builder once its container runs.
 type builderWaiter struct {
-	p         *Provisioner
-	plan      Plan
-	tlsConfig *tls.Config
-	podWatch  watch.Interface
-	// eventWatch is nil once events are unavailable; they only add detail.
-	eventWatch watch.Interface
+	p          *Provisioner
+	plan       Plan
+	tlsConfig  *tls.Config
+	podWatch   *resumingWatch
+	eventWatch *resumingWatch
 
 	builders  []Builder
 	byPod     map[string]int
@@ -52,19 +52,14 @@ type verified struct {
 	err    error
 }
 
-// startWaiting lists and watches the job's pods and the namespace's pod events, before anything
-// is created.
+// startWaiting lists the job's pods and starts watching them and the namespace's pod events,
+// before anything is created, so no transition is missed.
 func (p *Provisioner) startWaiting(ctx context.Context, plan Plan, tlsConfig *tls.Config) (*builderWaiter, error) {
-	ns := plan.Namespace
-	podList, err := p.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(plan.Key)})
+	podWatch, err := p.watchPods(ctx, plan.Namespace, plan.Key, "builder pods")
 	if err != nil {
-		return nil, explainAPIError(err, "list", "pods", ns, "listing builder pods")
+		return nil, err
 	}
-	podWatch, err := p.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: JobSelector(plan.Key), ResourceVersion: podList.ResourceVersion})
-	if err != nil {
-		return nil, explainAPIError(err, "watch", "pods", ns, "watching builder pods")
-	}
-	eventWatch, err := p.watchEvents(ctx, ns)
+	eventWatch, err := p.watchEvents(ctx, plan.Namespace)
 	if err != nil {
 		podWatch.Stop()
 		return nil, err
@@ -83,6 +78,52 @@ func (p *Provisioner) startWaiting(ctx context.Context, plan Plan, tlsConfig *tl
 	return w, nil
 }
 
+// watchPods lists job key's pods in ns and returns a watch of them from that list on, which
+// survives closed watches and an API server that goes away (resumingWatch).
+func (p *Provisioner) watchPods(ctx context.Context, ns string, key JobKey, what string) (*resumingWatch, error) {
+	pods := p.Client.CoreV1().Pods(ns)
+	opts := metav1.ListOptions{LabelSelector: JobSelector(key)}
+	list := func(ctx context.Context) (string, []runtime.Object, error) {
+		l, err := pods.List(ctx, opts)
+		if err != nil {
+			return "", nil, err
+		}
+		items := make([]runtime.Object, len(l.Items))
+		for i := range l.Items {
+			items[i] = &l.Items[i]
+		}
+		return l.ResourceVersion, items, nil
+	}
+	rv, initial, err := list(ctx)
+	if err != nil {
+		return nil, explainAPIError(err, "list", "pods", ns, "listing "+what)
+	}
+	w := p.resumingWatch(what, list, func(ctx context.Context, rv string) (watch.Interface, error) {
+		o := opts
+		o.ResourceVersion = rv
+		return pods.Watch(ctx, o)
+	})
+	w.replay = true
+	for _, item := range initial {
+		w.remember(watch.Event{Type: watch.Added, Object: item})
+	}
+	return startResumingWatch(ctx, w, rv), nil
+}
+
+// resumingWatch returns a resumingWatch that reports the API server's absences as progress.
+func (p *Provisioner) resumingWatch(what string, list listFunc, watchFn watchFunc) *resumingWatch {
+	return &resumingWatch{
+		what: what, list: list, watch: watchFn, now: p.now,
+		onAway: func(what string, away time.Duration, err error) {
+			p.progress(ProgressAPIServer, platform.Platform{}, "", "the API server has not answered for %.1fs (%v); watching %s again as soon as it does",
+				away.Seconds(), err, what)
+		},
+		onBack: func(what string, away time.Duration) {
+			p.progress(ProgressAPIServer, platform.Platform{}, "", "the API server answers again after %.1fs; watching %s from where the watch broke", away.Seconds(), what)
+		},
+	}
+}
+
 // created records when the pods were created.
 func (w *builderWaiter) created(at time.Time) {
 	for i := range w.builders {
@@ -92,17 +133,12 @@ func (w *builderWaiter) created(at time.Time) {
 
 func (w *builderWaiter) stop() {
 	w.podWatch.Stop()
-	if w.eventWatch != nil {
-		w.eventWatch.Stop()
-	}
+	w.eventWatch.Stop()
 }
 
 // wait returns the builders once every one is verified, or the first reason one will not be.
 func (w *builderWaiter) wait(ctx context.Context) ([]Builder, error) {
-	var eventCh <-chan watch.Event
-	if w.eventWatch != nil {
-		eventCh = w.eventWatch.ResultChan()
-	}
+	eventCh := w.eventWatch.ResultChan()
 	for w.ready < len(w.builders) {
 		select {
 		case <-ctx.Done():
@@ -113,13 +149,14 @@ func (w *builderWaiter) wait(ctx context.Context) ([]Builder, error) {
 			}
 		case ev, ok := <-eventCh:
 			if !ok {
-				eventCh = nil
+				eventCh = nil // events only add detail
 				continue
 			}
 			w.onEvent(ev)
 		case ev, ok := <-w.podWatch.ResultChan():
 			if !ok {
-				return nil, errors.New("watch on builder pods closed unexpectedly")
+				// Closed only when ctx ends or after a fatal error event.
+				return nil, w.timeoutError(ctx)
 			}
 			if err := w.onPod(ctx, ev); err != nil {
 				return nil, err
@@ -161,7 +198,7 @@ func (w *builderWaiter) onEvent(ev watch.Event) {
 
 func (w *builderWaiter) onPod(ctx context.Context, ev watch.Event) error {
 	if ev.Type == watch.Error {
-		return fmt.Errorf("watching builder pods: %w", apierrors.FromObject(ev.Object))
+		return explainAPIError(apierrors.FromObject(ev.Object), "watch", "pods", w.plan.Namespace, "watching builder pods")
 	}
 	pod, isPod := ev.Object.(*corev1.Pod)
 	if !isPod {
@@ -227,6 +264,11 @@ func (w *builderWaiter) timeoutError(ctx context.Context) error {
 		}
 		lines = append(lines, fmt.Sprintf("%s (pod %s): %s", b.Platform, b.Pod, state))
 	}
+	if since, err := w.podWatch.Away(); !since.IsZero() {
+		// What the builders did since is unknown: say so rather than blame them.
+		return fmt.Errorf("builders %s: the API server has not answered for %.1fs (last error: %v); the builders' last known state: %s: %w",
+			why, w.p.now().Sub(since).Seconds(), err, strings.Join(lines, "; "), ctx.Err())
+	}
 	return fmt.Errorf("builders %s: %s: %w", why, strings.Join(lines, "; "), ctx.Err())
 }
 
@@ -267,17 +309,25 @@ func (p *Provisioner) verifyUntilAnswer(ctx context.Context, endpoint string, tl
 	}
 }
 
-func (p *Provisioner) watchEvents(ctx context.Context, ns string) (watch.Interface, error) {
+func (p *Provisioner) watchEvents(ctx context.Context, ns string) (*resumingWatch, error) {
+	events := p.Client.CoreV1().Events(ns)
 	selector := fields.OneTermEqualSelector("involvedObject.kind", "Pod").String()
-	list, err := p.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: selector, Limit: 1})
+	// Events are news, not state: a re-list only finds where to watch from.
+	list := func(ctx context.Context) (string, []runtime.Object, error) {
+		l, err := events.List(ctx, metav1.ListOptions{FieldSelector: selector, Limit: 1})
+		if err != nil {
+			return "", nil, err
+		}
+		return l.ResourceVersion, nil, nil
+	}
+	rv, _, err := list(ctx)
 	if err != nil {
 		return nil, explainAPIError(err, "list", "events", ns, "listing events")
 	}
-	w, err := p.Client.CoreV1().Events(ns).Watch(ctx, metav1.ListOptions{FieldSelector: selector, ResourceVersion: list.ResourceVersion})
-	if err != nil {
-		return nil, explainAPIError(err, "watch", "events", ns, "watching events")
-	}
-	return w, nil
+	w := p.resumingWatch("pod events", list, func(ctx context.Context, rv string) (watch.Interface, error) {
+		return events.Watch(ctx, metav1.ListOptions{FieldSelector: selector, ResourceVersion: rv})
+	})
+	return startResumingWatch(ctx, w, rv), nil
 }
 
 func (p *Provisioner) observeTimes(b *Builder, pod *corev1.Pod) {
