@@ -43,16 +43,13 @@ func TestIntegrationResourceQuotaRefusalIsDiagnosed(t *testing.T) {
 		}
 	}
 	plan := env.plan(t, "quota", Inputs{Platforms: "linux/amd64", Requests: "memory=128Mi"})
-	started := time.Now()
-	_, err := env.provisioner(t).Provision(ctx, plan)
-	t.Logf("after %s: %v", time.Since(started).Round(time.Millisecond), err)
+	err := provisionRefused(t, ctx, env, plan)
 	var qe *QuotaError
 	if !errors.As(err, &qe) {
 		t.Fatalf("got %T, want a QuotaError: %v", err, err)
 	}
 	assertRefusalMessage(t, err, `ResourceQuota "ci-small"`, "requests.memory: the pod asks 128Mi, 0 is already used, the quota allows 64Mi (input requests)",
 		"kubectl edit resourcequota ci-small")
-	assertNothingLeft(t, ctx, env, plan)
 }
 
 // TestIntegrationLimitRangeRefusalIsDiagnosed provisions with a CPU limit above the namespace's
@@ -71,27 +68,43 @@ func TestIntegrationLimitRangeRefusalIsDiagnosed(t *testing.T) {
 		t.Fatal(err)
 	}
 	plan := env.plan(t, "limitrange", Inputs{Platforms: "linux/amd64", Requests: "cpu=100m", Limits: "cpu=1"})
-	started := time.Now()
-	_, err := env.provisioner(t).Provision(ctx, plan)
-	t.Logf("after %s: %v", time.Since(started).Round(time.Millisecond), err)
+	err := provisionRefused(t, ctx, env, plan)
 	var lre *LimitRangeError
 	if !errors.As(err, &lre) {
 		t.Fatalf("got %T, want a LimitRangeError: %v", err, err)
 	}
 	assertRefusalMessage(t, err, "a LimitRange in namespace", "maximum cpu usage per Container is 500m, but limit is 1 (input limits)",
 		"kubectl describe limitrange")
+}
+
+// provisionRefused provisions plan, which must fail, and checks nothing is left behind.
+func provisionRefused(t *testing.T, ctx context.Context, env *jobEnv, plan Plan) error {
+	t.Helper()
+	started := time.Now()
+	_, err := env.provisioner(t).Provision(ctx, plan)
+	t.Logf("after %s: %v", time.Since(started).Round(time.Millisecond), err)
+	if err == nil {
+		t.Fatal("provisioned, want a refusal")
+	}
 	assertNothingLeft(t, ctx, env, plan)
+	return err
+}
+
+// assertMentions checks msg has each of want.
+func assertMentions(t *testing.T, msg string, want ...string) {
+	t.Helper()
+	for _, w := range want {
+		if !strings.Contains(msg, w) {
+			t.Errorf("message lacks %q:\n%s", w, msg)
+		}
+	}
 }
 
 // assertRefusalMessage checks an admission refusal's message has each of want and no RBAC wording.
 func assertRefusalMessage(t *testing.T, err error, want ...string) {
 	t.Helper()
 	msg := err.Error()
-	for _, w := range want {
-		if !strings.Contains(msg, w) {
-			t.Errorf("message lacks %q:\n%s", w, msg)
-		}
-	}
+	assertMentions(t, msg, want...)
 	if strings.Contains(msg, "rbac.yaml") || strings.Contains(msg, "service account may not") {
 		t.Errorf("refusal worded as an RBAC denial:\n%s", msg)
 	}

@@ -47,7 +47,7 @@ func (p *Provisioner) explainUnschedulable(ctx context.Context, pod *corev1.Pod,
 		}
 		notes = append(notes, "nodes: "+strings.Join(ns, ", "))
 	}
-	return schedulerMsg + "; " + strings.Join(notes, "; ")
+	return strings.TrimSuffix(strings.TrimSpace(schedulerMsg), ".") + "; " + strings.Join(notes, "; ")
 }
 
 // describeNode is a node's name with its arch and OS labels and, for each resource a builder
@@ -65,7 +65,11 @@ func describeNode(n corev1.Node, labels bool, short []corev1.ResourceName) strin
 	}
 	for _, r := range short {
 		q := n.Status.Allocatable[r]
-		facts = append(facts, fmt.Sprintf("allocatable %s=%s", r, q.String()))
+		fact := fmt.Sprintf("allocatable %s=%s", r, q.String())
+		if r == corev1.ResourceMemory {
+			fact += fmt.Sprintf(" (%.1fGi)", float64(q.Value())/(1<<30)) // nodes report Ki
+		}
+		facts = append(facts, fact)
 	}
 	return fmt.Sprintf("%s (%s)", n.Name, strings.Join(facts, ", "))
 }

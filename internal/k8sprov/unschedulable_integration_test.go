@@ -3,7 +3,6 @@ package k8sprov
 import (
 	"context"
 	"errors"
-	"strings"
 	"testing"
 	"time"
 
@@ -50,35 +49,31 @@ func provisionUnschedulable(t *testing.T, ctx context.Context, env *jobEnv, plan
 	return berr
 }
 
-// TestIntegrationUnschedulableNamesNodesWhenTokenMayListThem: with a token that may list
-// nodes, a selector that matched nothing is shown beside each node's arch label.
-func TestIntegrationUnschedulableNamesNodesWhenTokenMayListThem(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	env := newJobEnv(t, ctx)
-	grantNodeList(t, ctx, env)
-	plan := env.plan(t, "unschedulable-nodes", Inputs{Platforms: "linux/s390x", NodeSelector: "*=kubernetes.io/os=linux"})
-	berr := provisionUnschedulable(t, ctx, env, plan)
-	for _, want := range []string{"didn't match Pod's node affinity/selector", "the builder for linux/s390x selects nodes with kubernetes.io/arch=s390x",
-		"nodes: ", "(kubernetes.io/arch=amd64, kubernetes.io/os=linux)"} {
-		if !strings.Contains(berr.Message, want) {
-			t.Errorf("diagnosis lacks %q: %q", want, berr.Message)
-		}
-	}
-}
-
-// TestIntegrationInsufficientMemoryIsDiagnosed asks for more memory than the node has: the
-// diagnosis gives the request, the input that sets it and what the node has allocatable.
-func TestIntegrationInsufficientMemoryIsDiagnosed(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	env := newJobEnv(t, ctx)
-	grantNodeList(t, ctx, env)
-	plan := env.plan(t, "no-memory", Inputs{Platforms: "linux/amd64", Requests: "memory=1Ti"})
-	berr := provisionUnschedulable(t, ctx, env, plan)
-	for _, want := range []string{"Insufficient memory", "the builder for linux/amd64 requests memory=1Ti (input requests)", "(allocatable memory="} {
-		if !strings.Contains(berr.Message, want) {
-			t.Errorf("diagnosis lacks %q: %q", want, berr.Message)
-		}
+// TestIntegrationUnschedulableNamesNodesAndRequests: with a token that may list nodes, a
+// selector that matched nothing is shown beside each node's arch label, and a request no node
+// can meet (Insufficient memory) beside the request's input and what the node has allocatable.
+func TestIntegrationUnschedulableNamesNodesAndRequests(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		in   Inputs
+		want []string
+	}{{
+		name: "selector matched nothing",
+		in:   Inputs{Platforms: "linux/s390x", NodeSelector: "*=kubernetes.io/os=linux"},
+		want: []string{"didn't match Pod's node affinity/selector", "the builder for linux/s390x selects nodes with kubernetes.io/arch=s390x",
+			"nodes: ", "(kubernetes.io/arch=amd64, kubernetes.io/os=linux)"},
+	}, {
+		name: "insufficient memory",
+		in:   Inputs{Platforms: "linux/amd64", Requests: "memory=1Ti"},
+		want: []string{"Insufficient memory", "the builder for linux/amd64 requests memory=1Ti (input requests)", "(allocatable memory="},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			env := newJobEnv(t, ctx)
+			grantNodeList(t, ctx, env)
+			berr := provisionUnschedulable(t, ctx, env, env.plan(t, "unschedulable", tc.in))
+			assertMentions(t, berr.Message, tc.want...)
+		})
 	}
 }
