@@ -21,12 +21,21 @@ type QuotaError struct {
 	// Unspecified lists resources the quota covers that the pod does not set, when that was
 	// the refusal ("must specify limits.cpu for: buildkitd").
 	Unspecified string
-	Err         error
+	// Uncomputed lists the resources whose usage the quota controller has not computed yet,
+	// when that was the refusal ("status unknown for quota: q, resources: requests.memory").
+	Uncomputed string
+	Err        error
 }
 
 func (e *QuotaError) Error() string {
 	change := "lower the builder's requests/limits inputs (or ask for fewer platforms at once), or an administrator can raise " +
 		"the quota (kubectl edit resourcequota " + e.Quota + " -n " + e.Namespace + ") or give the builders a namespace of their own (input namespace)"
+	if e.Uncomputed != "" {
+		return fmt.Sprintf("%s: refused by ResourceQuota %q in namespace %q: its usage of %s is not computed yet, so no pod is admitted. "+
+			"The quota is new or the cluster's resourcequota controller is not running; running the job again once it is computed "+
+			"may succeed, otherwise an administrator must look at kube-controller-manager (kubectl describe resourcequota %s -n %s)",
+			e.Doing, e.Quota, e.Namespace, e.Uncomputed, e.Quota, e.Namespace)
+	}
 	if e.Unspecified != "" {
 		return fmt.Sprintf("%s: refused by ResourceQuota %q in namespace %q: the quota covers %s, so every pod must set it, and the builder pod does not. "+
 			"Set it with the requests/limits inputs (for example limits: cpu=1,memory=2Gi), or an administrator can give the builders a namespace "+
@@ -125,6 +134,8 @@ var (
 	quotaRefusal = regexp.MustCompile(`exceeded quota: ([^,]+), requested: (\S+), used: (\S+), limited: (\S+)`)
 	// quotaUnspecified matches `failed quota: q: must specify limits.cpu for: buildkitd; limits.memory for: buildkitd`.
 	quotaUnspecified = regexp.MustCompile(`failed quota: ([^:]+): must specify (.*)$`)
+	// quotaUnknown matches `status unknown for quota: q, resources: requests.memory`.
+	quotaUnknown = regexp.MustCompile(`status unknown for quota: ([^,]+), resources?: (.*)$`)
 	// limitRangeViolation matches each of LimitRanger's sentences, `maximum cpu usage per Container is 500m, but limit is 1`,
 	// `minimum memory usage per Container is 1Gi, but request is 512Mi`, and the ratio and "No ... is specified" forms.
 	limitRangeViolation = regexp.MustCompile(`(?:(?:maximum|minimum) \S+ usage per (?:Container|Pod) is [^,\]]+(?:, but (?:limit|request) is [^,\]]+|\.\s+No (?:limit|request) is specified)` +
@@ -143,6 +154,9 @@ func asAdmissionLimitError(err error, namespace, doing string) (error, bool) {
 	}
 	if m := quotaUnspecified.FindStringSubmatch(msg); m != nil {
 		return &QuotaError{Namespace: namespace, Doing: doing, Quota: m[1], Unspecified: m[2], Err: err}, true
+	}
+	if m := quotaUnknown.FindStringSubmatch(msg); m != nil {
+		return &QuotaError{Namespace: namespace, Doing: doing, Quota: m[1], Uncomputed: m[2], Err: err}, true
 	}
 	if vs := limitRangeViolation.FindAllString(msg, -1); vs != nil {
 		return &LimitRangeError{Namespace: namespace, Doing: doing, Violations: vs, Err: err}, true

@@ -28,6 +28,10 @@ func TestQuotaAndLimitRangeRefusalsAreNamed(t *testing.T) {
 		refusal: "failed quota: builders: must specify limits.cpu for: buildkitd; limits.memory for: buildkitd",
 		want:    []string{`ResourceQuota "builders"`, "limits.cpu for: buildkitd", "requests/limits inputs"},
 	}, {
+		name:    "quota usage not computed",
+		refusal: "status unknown for quota: builders, resources: requests.memory",
+		want:    []string{`ResourceQuota "builders"`, "usage of requests.memory is not computed yet", "resourcequota controller"},
+	}, {
 		name:    "limit above a LimitRange maximum",
 		refusal: "maximum cpu usage per Container is 500m, but limit is 1",
 		want:    []string{`a LimitRange in namespace "ci"`, "maximum cpu usage per Container is 500m, but limit is 1 (input limits)", "kubectl describe limitrange -n ci"},
