@@ -119,10 +119,11 @@ func (e *LimitRangeError) Unwrap() error { return e.Err }
 
 // limitRangeInput names the input a LimitRange sentence is about.
 func limitRangeInput(violation string) string {
+	v := strings.ToLower(violation)
 	switch {
-	case strings.Contains(violation, "but limit is"), strings.Contains(violation, "No limit is specified"):
+	case strings.Contains(v, "but limit is"), strings.Contains(v, "no limit is specified"):
 		return "input " + InputLimits
-	case strings.Contains(violation, "but request is"), strings.Contains(violation, "No request is specified"):
+	case strings.Contains(v, "but request is"), strings.Contains(v, "no request is specified"):
 		return "input " + InputRequests
 	}
 	return "inputs " + InputRequests + " and " + InputLimits
@@ -139,7 +140,7 @@ var (
 	// limitRangeViolation matches each of LimitRanger's sentences, `maximum cpu usage per Container is 500m, but limit is 1`,
 	// `minimum memory usage per Container is 1Gi, but request is 512Mi`, and the ratio and "No ... is specified" forms.
 	limitRangeViolation = regexp.MustCompile(`(?:(?:maximum|minimum) \S+ usage per (?:Container|Pod) is [^,\]]+(?:, but (?:limit|request) is [^,\]]+|\.\s+No (?:limit|request) is specified)` +
-		`|\S+ max limit to request ratio per (?:Container|Pod) is [^,\]]+, but (?:provided ratio is [^,\]]+|no (?:limit|request) is specified))`)
+		`|\S+ max limit to request ratio per (?:Container|Pod) is [^,\]]+, but (?:provided ratio is [^,\]]+|no (?:limit|request) is specified(?: or (?:limit|request) is 0)?))`)
 )
 
 // asAdmissionLimitError returns err as a QuotaError or LimitRangeError when it is one of those

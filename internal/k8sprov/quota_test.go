@@ -36,6 +36,10 @@ func TestQuotaAndLimitRangeRefusalsAreNamed(t *testing.T) {
 		refusal: "maximum cpu usage per Container is 500m, but limit is 1",
 		want:    []string{`a LimitRange in namespace "ci"`, "maximum cpu usage per Container is 500m, but limit is 1 (input limits)", "kubectl describe limitrange -n ci"},
 	}, {
+		name:    "limit-to-request ratio without a request",
+		refusal: "cpu max limit to request ratio per Container is 2, but no request is specified or request is 0",
+		want:    []string{"cpu max limit to request ratio per Container is 2, but no request is specified or request is 0 (input requests)"},
+	}, {
 		name:    "two violations, a request below a minimum",
 		refusal: "[minimum memory usage per Container is 1Gi, but request is 512Mi, maximum cpu usage per Pod is 2, but limit is 4]",
 		want:    []string{"minimum memory usage per Container is 1Gi, but request is 512Mi (input requests)", "maximum cpu usage per Pod is 2, but limit is 4 (input limits)"},
