@@ -53,6 +53,8 @@ var busyboxApplets = []string{
 
 type config struct {
 	binDir, outDir, busybox, goCmd string
+	// baseImages also writes the Debian and Go base images (buildBaseImages).
+	baseImages bool
 }
 
 func run(cfg config) error {
@@ -85,6 +87,9 @@ func run(cfg config) error {
 		if err := writeImage(filepath.Join(cfg.outDir, im.file), im.img, srcHash); err != nil {
 			return err
 		}
+	}
+	if cfg.baseImages {
+		return buildBaseImages(cfg, root, srcHash)
 	}
 	return nil
 }

@@ -393,6 +393,19 @@ func normalize(in []Entry) ([]Entry, error) {
 // writeLayer writes the gzip-compressed layer tar to w and returns the digest of the
 // uncompressed tar (the layer's diff ID).
 func writeLayer(w io.Writer, entries []Entry) (digest.Digest, error) {
+	return writeGzipTar(w, func(tw *tar.Writer) error {
+		for _, e := range entries {
+			if err := writeEntry(tw, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// writeGzipTar writes the gzip-compressed tar stream that fill writes its entries into to w and
+// returns the digest of the uncompressed tar (the layer's diff ID).
+func writeGzipTar(w io.Writer, fill func(*tar.Writer) error) (digest.Digest, error) {
 	// gzip.NewWriter's header has no name, a zero modification time and OS "unknown": fixed.
 	zw, err := gzip.NewWriterLevel(w, gzip.DefaultCompression)
 	if err != nil {
@@ -400,10 +413,8 @@ func writeLayer(w io.Writer, entries []Entry) (digest.Digest, error) {
 	}
 	h := sha256.New()
 	tw := tar.NewWriter(io.MultiWriter(zw, h))
-	for _, e := range entries {
-		if err := writeEntry(tw, e); err != nil {
-			return "", err
-		}
+	if err := fill(tw); err != nil {
+		return "", err
 	}
 	if err := tw.Close(); err != nil {
 		return "", fmt.Errorf("finishing layer tar: %w", err)

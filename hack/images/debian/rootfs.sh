@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# rootfs.sh ARCH DIR: a minimal Debian root file system for ARCH (amd64, arm64) in DIR, made by
+# debootstrap from Debian's own packages, for the local cluster's Debian base image
+# (hack/cmd/mkimages). A foreign ARCH runs debootstrap's second stage under qemu-user-static
+# through binfmt_misc, registered for the duration of this script when nobody has.
+#
+# Environment: SUITE (e.g. bookworm), MIRROR (the Debian mirror the machine's apt uses), INCLUDE
+# (comma-separated extra packages). All three are pinned by mkimages and part of its cache key.
+#
+# Reproducible where debootstrap allows: what records the time or the host of the build (logs,
+# apt's caches and lists, ldconfig's aux cache, machine-id, hostname, resolv.conf) is removed or
+# emptied, /dev is left empty (the runtime provides it), and mkimages packs the tree with fixed
+# timestamps. Package versions are whatever the suite had on the day of the build; the image
+# lists them in /var/lib/dpkg/status.
+set -euo pipefail
+arch=${1:?usage: rootfs.sh ARCH DIR}
+target=${2:?usage: rootfs.sh ARCH DIR}
+: "${SUITE:?}" "${MIRROR:?}" "${INCLUDE:=}"
+
+die() { echo "rootfs.sh: error: $*" >&2; exit 1; }
+[[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap)"
+command -v debootstrap >/dev/null || die "debootstrap not found; run hack/install-deps.sh"
+rm -rf "$target"
+mkdir -p "$(dirname "$target")"
+
+host_arch=$(dpkg --print-architecture)
+foreign=()
+[[ $arch == "$host_arch" ]] || foreign=(--foreign)
+
+# The second stage mounts /proc and /sys inside the target; a private mount namespace makes sure
+# nothing stays mounted on the host when debootstrap fails half-way.
+in_private_mounts() { unshare --mount --propagation private -- "$@"; }
+
+export SOURCE_DATE_EPOCH=0 DEBIAN_FRONTEND=noninteractive LC_ALL=C
+in_private_mounts debootstrap --variant=minbase --arch="$arch" ${INCLUDE:+--include="$INCLUDE"} \
+	"${foreign[@]}" "$SUITE" "$target" "$MIRROR"
+
+if ((${#foreign[@]})); then
+	binfmt=/proc/sys/fs/binfmt_misc
+	qemu_name=qemu-aarch64
+	[[ $arch == arm64 ]] || die "no qemu binfmt entry known for $arch"
+	mounted=false registered=false
+	undo() {
+		if $registered; then echo -1 >"$binfmt/$qemu_name" || true; fi
+		if $mounted; then umount "$binfmt" || true; fi
+	}
+	trap undo EXIT
+	if [[ ! -e $binfmt/register ]]; then
+		mount -t binfmt_misc binfmt_misc "$binfmt"
+		mounted=true
+	fi
+	if [[ ! -e $binfmt/$qemu_name ]]; then
+		conf=/usr/lib/binfmt.d/$qemu_name.conf
+		[[ -f $conf ]] || die "$conf missing; run hack/install-deps.sh (qemu-user-static)"
+		cat "$conf" >"$binfmt/register"
+		registered=true
+	fi
+	in_private_mounts chroot "$target" /debootstrap/debootstrap --second-stage
+	undo
+	trap - EXIT
+fi
+
+# Slim, as Debian's own -slim container images: no documentation, manual pages or translations
+# (the copyright files stay), and dpkg told not to install them later either.
+cat >"$target/etc/dpkg/dpkg.cfg.d/slim" <<'CFG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+CFG
+find "$target/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+find "$target/usr/share/doc" -mindepth 1 -type d -empty -delete
+rm -rf "$target"/usr/share/man/* "$target"/usr/share/info/*
+find "$target/usr/share/locale" -mindepth 1 -maxdepth 1 -not -name locale.alias -exec rm -rf {} +
+
+# What records when and where this was built.
+rm -rf "$target"/var/cache/apt/* "$target"/var/lib/apt/lists/* "$target"/var/cache/ldconfig/aux-cache \
+	"$target"/var/cache/debconf/*-old "$target"/var/lib/dpkg/*-old "$target"/debootstrap
+find "$target/var/log" -type f -delete
+find "$target/dev" -mindepth 1 -delete
+rm -f "$target/etc/hostname" "$target/etc/resolv.conf"
+: >"$target/etc/machine-id"
+# Like Docker's debian images: the container's hostname and DNS come from the runtime.
+echo "rootfs.sh: $SUITE/$arch in $target: $(du -sh "$target" | cut -f1), $(dpkg-query --admindir="$target/var/lib/dpkg" -W | wc -l) packages"
