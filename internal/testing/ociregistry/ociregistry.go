@@ -349,3 +349,27 @@ func (c *Client) Platforms(ctx context.Context, repo, ref string) ([]PlatformIma
 	}
 	return out, nil
 }
+
+// CheckPlatforms says what is wrong, if anything, with an index's images for the platforms want
+// (os/arch, such as linux/arm64): each must be there exactly once, and each image's config must
+// say the architecture and OS its index entry claims.
+func CheckPlatforms(imgs []PlatformImage, want []string) error {
+	var problems []string
+	seen := map[string]int{}
+	for _, img := range imgs {
+		claimed := img.Platform.OS + "/" + img.Platform.Architecture
+		seen[claimed]++
+		if actual := img.Config.OS + "/" + img.Config.Architecture; actual != claimed {
+			problems = append(problems, fmt.Sprintf("the index lists %s for an image whose config says %s", claimed, actual))
+		}
+	}
+	for _, p := range want {
+		if seen[p] != 1 {
+			problems = append(problems, fmt.Sprintf("%s appears %d times, want once", p, seen[p]))
+		}
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
+	}
+	return nil
+}

@@ -195,3 +195,25 @@ func TestRepoTag(t *testing.T) {
 		t.Error("a name without a tag was accepted")
 	}
 }
+
+func TestCheckPlatforms(t *testing.T) {
+	img := func(claim, actual string) PlatformImage {
+		var p PlatformImage
+		p.Platform.OS, p.Platform.Architecture, _ = strings.Cut(claim, "/")
+		p.Config.OS, p.Config.Architecture, _ = strings.Cut(actual, "/")
+		return p
+	}
+	want := []string{"linux/amd64", "linux/arm64"}
+	if err := CheckPlatforms([]PlatformImage{img("linux/amd64", "linux/amd64"), img("linux/arm64", "linux/arm64")}, want); err != nil {
+		t.Errorf("a good index: %v", err)
+	}
+	for name, imgs := range map[string][]PlatformImage{
+		"missing arm64": {img("linux/amd64", "linux/amd64")},
+		"wrong config":  {img("linux/amd64", "linux/amd64"), img("linux/arm64", "linux/amd64")},
+		"amd64 twice":   {img("linux/amd64", "linux/amd64"), img("linux/amd64", "linux/amd64"), img("linux/arm64", "linux/arm64")},
+	} {
+		if err := CheckPlatforms(imgs, want); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
