@@ -56,6 +56,16 @@ type Info struct {
 	ArchNodeLabels map[string]string `json:"archNodeLabels"`
 	// Images are the image names imported into the node's containerd, by archive name.
 	Images map[string]string `json:"images"`
+	// Registry is the cluster's OCI registry as host:port (RegistryHost), reachable from the host
+	// and from pods; RegistryCAFile is the CA its TLS certificate is checked against.
+	Registry       string `json:"registry"`
+	RegistryCAFile string `json:"registryCAFile"`
+	// BaseImages are the images pushed to the registry at start-up (Docker Hub names such as
+	// docker.io/library/golang:1.26, stored under library/golang:1.26).
+	BaseImages []string `json:"baseImages"`
+	// BuildkitdConfigFile is a buildkitd.toml (BuildkitdConfig) for the product's
+	// buildkitd-config input: builders trust the registry and use it as their Docker Hub mirror.
+	BuildkitdConfigFile string `json:"buildkitdConfigFile"`
 }
 
 // Cluster is a running local cluster.
