@@ -4,8 +4,12 @@
 # examples/workflows/multi-arch-oci.yml under act in host mode as if inside that pod (the real
 # action.yml, dist/index.js shim and binary), which gives the job a BuildKit pod per architecture
 # and builds examples/app for linux/amd64 and linux/arm64 into OCI archives; it shows the
-# builders while they run, checks that everything is gone afterwards, stops the cluster and
-# prints a timing table. The cluster is always stopped, whatever happens.
+# builders while they run, checks that everything is gone afterwards. Then it runs
+# examples/workflows/voting-bake.yml the same way: the voting app's three services (FROM golang,
+# FROM debian, the cluster's base images) baked for both platforms on the job's builders, which
+# trust the cluster's registry through the buildkitd-config input, and pushed there; it shows the
+# pushed manifests. It stops the cluster and prints a timing table, with every service's build
+# time per platform. The cluster is always stopped, whatever happens.
 #
 # DEMO_REUSE_CLUSTER=1 runs the demo against an already running cluster (make cluster-up) and
 # leaves it running, deleting only the demo's namespace: for working on the demo itself.

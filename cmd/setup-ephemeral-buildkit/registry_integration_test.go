@@ -2,34 +2,13 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"fmt"
-	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociregistry"
 )
-
-// registryClient is a client of the local cluster's registry that trusts its CA.
-func (w *jobWorld) registryClient(t *testing.T) *ociregistry.Client {
-	t.Helper()
-	pem, err := os.ReadFile(w.cluster.Info.RegistryCAFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		t.Fatalf("no certificate in %s", w.cluster.Info.RegistryCAFile)
-	}
-	return &ociregistry.Client{
-		Base: "https://" + w.cluster.Info.Registry,
-		HTTP: &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}},
-	}
-}
 
 // TestIntegrationActionBakePushesToRegistry runs a job that sets up builders trusting the local
 // registry through the buildkitd-config input (its CA, and the registry as Docker Hub mirror) and
@@ -57,7 +36,10 @@ func TestIntegrationActionBakePushesToRegistry(t *testing.T) {
 	}
 	log := run.output.String()
 
-	c := w.registryClient(t)
+	c, err := ociregistry.NewClient(w.cluster.Info.Registry, w.cluster.Info.RegistryCAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, service := range []string{"vote", "worker", "result"} {
 		imgs, err := c.Platforms(ctx, "e2e/"+service, tag)
 		if err != nil {

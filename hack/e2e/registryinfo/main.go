@@ -10,15 +10,11 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strings"
-	"time"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociregistry"
 )
@@ -38,15 +34,6 @@ func main() {
 }
 
 func run(w io.Writer, caFile string, platforms, images []string) error {
-	pem, err := os.ReadFile(caFile)
-	if err != nil {
-		return err
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		return fmt.Errorf("no certificate in %s", caFile)
-	}
-	httpClient := &http.Client{Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 	ctx := context.Background()
 	for _, image := range images {
 		host, rest, ok := strings.Cut(image, "/")
@@ -57,7 +44,10 @@ func run(w io.Writer, caFile string, platforms, images []string) error {
 		if !ok {
 			return fmt.Errorf("image %q has no tag", image)
 		}
-		c := &ociregistry.Client{Base: "https://" + host, HTTP: httpClient}
+		c, err := ociregistry.NewClient(host, caFile)
+		if err != nil {
+			return err
+		}
 		mediaType, _, err := c.Manifest(ctx, repo, tag)
 		if err != nil {
 			return err

@@ -2,8 +2,6 @@ package localcluster
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -29,17 +27,10 @@ func TestIntegrationRegistry(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	pem, err := os.ReadFile(c.Info.RegistryCAFile)
+	reg, err := ociregistry.NewClient(c.Info.Registry, c.Info.RegistryCAFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(pem) {
-		t.Fatalf("no certificate in %s", c.Info.RegistryCAFile)
-	}
-	reg := &ociregistry.Client{Base: "https://" + c.Info.Registry, HTTP: &http.Client{
-		Timeout: time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}},
-	}}
 	if len(c.Info.BaseImages) == 0 {
 		t.Fatal("the cluster pushed no base images (make images writes them)")
 	}
