@@ -157,25 +157,9 @@ func (l *Layout) AddImage(img Image, layers []Layer) (v1.Descriptor, error) {
 		return v1.Descriptor{}, errors.New("adding an image without layers")
 	}
 	platform := imagePlatform(img)
-	created := epoch
-	config := v1.Image{
-		Created:  &created,
-		Platform: platform,
-		Config: v1.ImageConfig{
-			User:       img.User,
-			Env:        img.Env,
-			Entrypoint: img.Entrypoint,
-			Cmd:        img.Cmd,
-			WorkingDir: img.WorkingDir,
-			Labels:     img.Labels,
-			StopSignal: img.StopSignal,
-		},
-		RootFS: v1.RootFS{Type: "layers"},
-	}
+	config := imageConfig(img, platform, layers)
 	descs := make([]v1.Descriptor, 0, len(layers))
 	for _, layer := range layers {
-		config.RootFS.DiffIDs = append(config.RootFS.DiffIDs, layer.DiffID)
-		config.History = append(config.History, v1.History{Created: &created, CreatedBy: layer.CreatedBy})
 		descs = append(descs, layer.Desc)
 	}
 	configDesc, err := l.putJSON(v1.MediaTypeImageConfig, config)
@@ -193,6 +177,31 @@ func (l *Layout) AddImage(img Image, layers []Layer) (v1.Descriptor, error) {
 	}
 	manifest.Platform = &platform
 	return manifest, nil
+}
+
+// imageConfig is the config of an image of layers (bottom first): img's runtime settings, the
+// platform, the layers' diff IDs and a history entry per layer, all with fixed timestamps.
+func imageConfig(img Image, platform v1.Platform, layers []Layer) v1.Image {
+	created := epoch
+	config := v1.Image{
+		Created:  &created,
+		Platform: platform,
+		Config: v1.ImageConfig{
+			User:       img.User,
+			Env:        img.Env,
+			Entrypoint: img.Entrypoint,
+			Cmd:        img.Cmd,
+			WorkingDir: img.WorkingDir,
+			Labels:     img.Labels,
+			StopSignal: img.StopSignal,
+		},
+		RootFS: v1.RootFS{Type: "layers"},
+	}
+	for _, layer := range layers {
+		config.RootFS.DiffIDs = append(config.RootFS.DiffIDs, layer.DiffID)
+		config.History = append(config.History, v1.History{Created: &created, CreatedBy: layer.CreatedBy})
+	}
+	return config
 }
 
 // imagePlatform is img's platform with the defaults filled in.
