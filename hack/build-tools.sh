@@ -188,7 +188,7 @@ stamp_of() {
 			echo "== $f"
 			cat "$dir/$f"
 		done
-		echo "== versions $K8S_VERSION $BUILDKIT_VERSION $BUILDX_VERSION $RUNC_VERSION $REGISTRY_VERSION"
+		echo "== versions $K8S_VERSION $BUILDKIT_VERSION $BUILDX_VERSION $RUNC_VERSION"
 		declare -f "outputs_$tool" "build_$tool" check_version
 		if declare -F "install_$tool" >/dev/null; then declare -f "install_$tool"; fi
 		# The static runc links libseccomp.a: a Debian security update must rebuild it.
