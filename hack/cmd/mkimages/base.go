@@ -15,6 +15,7 @@ import (
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage"
 )
 
@@ -30,9 +31,6 @@ const (
 	// the Go module proxy serves it (golang.org/toolchain).
 	goVersion    = "1.26.8"
 	rootfsScript = "hack/images/debian/rootfs.sh"
-	// BaseLayoutDir is the OCI layout, under the images directory, that holds the base images;
-	// the local cluster pushes every image named in it to its registry.
-	BaseLayoutDir = "base"
 )
 
 // baseArchs are the platforms of every base image.
@@ -62,7 +60,7 @@ func minorOf(v string) string {
 // buildBaseImages writes the Debian and Go base images, for every platform of baseArchs, into the
 // OCI layout outDir/base, unless the stamp there says the same inputs already did.
 func buildBaseImages(cfg config, root, srcHash string) error {
-	dir := filepath.Join(cfg.outDir, BaseLayoutDir)
+	dir := filepath.Join(cfg.outDir, localcluster.BaseImagesDir)
 	toolchains := map[string]toolchain{}
 	for _, a := range baseArchs {
 		tc, err := downloadToolchain(cfg.goCmd, a.arch)

@@ -34,6 +34,9 @@ const (
 	RegistryCAInImage = "/usr/local/share/setup-ephemeral-buildkit/local-registry-ca.crt"
 	// RegistryCADir is the directory, under the images directory, that holds the registry's CA.
 	RegistryCADir = "registry-ca"
+	// BaseImagesDir is the OCI layout, under the images directory, of the base images
+	// (hack/cmd/mkimages writes it); the cluster pushes every image named in it to the registry.
+	BaseImagesDir = "base"
 	// registryCAValidity is long enough for a cached CA to outlive many clusters; EnsureRegistryCA
 	// makes a new one when fewer than registryCARenewal remain.
 	registryCAValidity = 365 * 24 * time.Hour
