@@ -135,6 +135,8 @@ kubectl config --kubeconfig="$RUNNER_KUBECONFIG" use-context runner >/dev/null
 # local repository is skipped, nothing is pulled, no update check: nothing leaves this machine.
 # The node selector maps arm64 onto the one amd64 node, where qemu runs it.
 NODE_SELECTOR="linux/amd64=$(info amd64);linux/arm64=kubernetes.io/arch-,$(info arm64)"
+# The runner trusts the cluster's registry (SSL_CERT_FILE), as a runner image trusts a private
+# registry's CA: buildx on the runner combines the per-platform manifests of a multi-node push.
 run_workflow() {
 	local name=$1 log=$2
 	shift 2
@@ -144,6 +146,7 @@ run_workflow() {
 		cd "$WORK/repo"
 		exec env -i PATH="$PATH" HOME="$WORK/home" TMPDIR="${TMPDIR:-/tmp}" \
 			KUBECONFIG="$RUNNER_KUBECONFIG" DOCKER_CONFIG="$WORK/home/docker" BUILDKIT_PROGRESS=plain \
+			SSL_CERT_FILE="$(info registryCAFile)" \
 			ACT_DISABLE_VERSION_CHECK=1 GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1 \
 			setsid act push -W "$ROOT/examples/workflows/$name" \
 			-P arc-runners=-self-hosted --action-offline-mode --pull=false --no-cache-server \
