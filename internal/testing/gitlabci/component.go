@@ -1,8 +1,9 @@
-// Package gitlabci is what the tests use to run the GitLab CI/CD component in templates/ as
-// GitLab would: it reads the component's spec header, interpolates $[[ inputs.NAME ]] the way
-// GitLab does when a pipeline includes the component, parses the hidden job, and renders the
-// shell scripts GitLab Runner's Kubernetes executor would run for a job that extends it. It is
-// pure: it reads the component file and returns text; running the scripts is the caller's part.
+// Package gitlabci is test tooling, not part of the product: what the tests use to run the
+// GitLab CI/CD component in templates/ as GitLab would: it reads the component's spec header,
+// interpolates $[[ inputs.NAME ]] the way GitLab does when a pipeline includes the component,
+// parses the hidden job, and renders the shell scripts GitLab Runner's Kubernetes executor would
+// run for a job that extends it. It is pure: it reads the component file and returns text;
+// running the scripts is the caller's part.
 //
 // Only what templates/buildkit.yml uses is modelled (string, boolean and number inputs with
 // defaults; a job's variables, before_script and after_script); anything else is an error

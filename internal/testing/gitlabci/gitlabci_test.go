@@ -74,7 +74,7 @@ func TestParse(t *testing.T) {
 }
 
 func TestLoadShippedComponent(t *testing.T) {
-	c, err := gitlabci.Load("../../templates/buildkit.yml")
+	c, err := gitlabci.Load("../../../templates/buildkit.yml")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,6 @@
 package localcluster
 
 import (
-	"archive/tar"
-	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,54 +33,101 @@ func Down(stateDir string, logw io.Writer) error {
 	}
 	log.printf("stopping the local cluster in %s", stateDir)
 	var errs []error
+	for _, step := range downSteps {
+		errs = append(errs, step(rec, stateDir)...)
+	}
+	if err := errors.Join(errs...); err != nil {
+		// Keep the record so a later Down can finish the job.
+		return fmt.Errorf("stopping the local cluster: %w", err)
+	}
+	if err := removeStateDir(stateDir); err != nil {
+		return err
+	}
+	log.printf("local cluster stopped; nothing of it is left")
+	return nil
+}
 
-	// The kubelet first, so it does not restart containers while they are being removed.
+// downSteps undo the host record, in this order: processes before what they hold (network
+// namespaces, mounts, cgroups), the network after, kernel settings and paths last. Each step
+// works from the record alone and returns every failure rather than stopping at the first.
+var downSteps = []func(rec *hostRecord, stateDir string) []error{
+	stopProcesses,
+	removeNetns,
+	unmountState,
+	removeCgroups,
+	removeFirewallRules,
+	removeBridge,
+	restoreSysctls,
+	unregisterBinfmt,
+	removeCreatedPaths,
+}
+
+// stopProcesses stops every recorded process group, latest first: the kubelet first, so it does
+// not restart containers while they are being removed.
+func stopProcesses(rec *hostRecord, _ string) []error {
+	var errs []error
 	procs := slices.Clone(rec.Processes)
 	slices.Reverse(procs)
 	for _, p := range procs {
 		if p.Name == "containerd" {
 			// Containers and their shims outlive containerd, so they go first.
-			killCgroupProcesses()
-			if rec.ContainerdAddress != "" {
-				for _, pid := range pidsMatching("containerd-shim", rec.ContainerdAddress) {
-					_ = syscall.Kill(pid, syscall.SIGKILL)
-				}
-			}
+			killContainers(rec)
 		}
 		if err := stopProcessGroup(p, 10*time.Second); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	killContainers(rec)
+	return errs
+}
+
+// killContainers SIGKILLs the containers' processes and the recorded containerd's shims.
+func killContainers(rec *hostRecord) {
 	killCgroupProcesses()
 	if rec.ContainerdAddress != "" {
 		for _, pid := range pidsMatching("containerd-shim", rec.ContainerdAddress) {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
+}
 
-	// Network namespaces the cluster's pods used: unmount and remove.
-	if rec.RecordedNetns {
-		entries, _ := os.ReadDir("/run/netns")
-		for _, e := range entries {
-			if slices.Contains(rec.NetnsBefore, e.Name()) || !strings.HasPrefix(e.Name(), "cni-") {
-				continue
-			}
-			path := filepath.Join("/run/netns", e.Name())
-			if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
-				errs = append(errs, fmt.Errorf("unmounting %s: %w", path, err))
-			}
-			if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("removing %s: %w", path, err))
-			}
+// removeNetns unmounts and removes the network namespaces the cluster's pods used.
+func removeNetns(rec *hostRecord, _ string) []error {
+	if !rec.RecordedNetns {
+		return nil
+	}
+	var errs []error
+	entries, _ := os.ReadDir("/run/netns")
+	for _, e := range entries {
+		if slices.Contains(rec.NetnsBefore, e.Name()) || !strings.HasPrefix(e.Name(), "cni-") {
+			continue
+		}
+		path := filepath.Join("/run/netns", e.Name())
+		if err := syscall.Unmount(path, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", path, err))
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("removing %s: %w", path, err))
 		}
 	}
+	return errs
+}
+
+// unmountState detaches every mount below the state directory (overlay snapshots, the kubelet's
+// volumes).
+func unmountState(_ *hostRecord, stateDir string) []error {
+	var errs []error
 	for _, point := range mountsUnder(stateDir) {
 		if err := syscall.Unmount(point, syscall.MNT_DETACH); err != nil && !errors.Is(err, syscall.EINVAL) && !errors.Is(err, syscall.ENOENT) {
 			errs = append(errs, fmt.Errorf("unmounting %s: %w", point, err))
 		}
 	}
+	return errs
+}
 
-	// cgroups can only be removed once empty; processes may take a moment to be reaped.
+// removeCgroups removes the kubepods cgroups. They can only be removed once empty, and processes
+// may take a moment to be reaped, so it retries for five seconds.
+func removeCgroups(_ *hostRecord, _ string) []error {
 	for attempt := 0; attempt < 50; attempt++ {
 		killCgroupProcesses()
 		remaining := 0
@@ -93,14 +137,18 @@ func Down(stateDir string, logw io.Writer) error {
 			}
 		}
 		if remaining == 0 {
-			break
+			return nil
 		}
 		if attempt == 49 {
-			errs = append(errs, fmt.Errorf("%d kubepods cgroups could not be removed: %v", remaining, cgroupDirs()))
+			return []error{fmt.Errorf("%d kubepods cgroups could not be removed: %v", remaining, cgroupDirs())}
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	return nil
+}
 
+func removeFirewallRules(rec *hostRecord, _ string) []error {
+	var errs []error
 	for _, rule := range rec.FirewallRules {
 		args := append([]string{"-w", "-t", rule.Table, "-D", rule.Chain}, rule.Spec...)
 		if err := run(rule.Command, args...); err != nil && !strings.Contains(err.Error(), "does a matching rule exist") &&
@@ -108,13 +156,24 @@ func Down(stateDir string, logw io.Writer) error {
 			errs = append(errs, err)
 		}
 	}
-	if rec.Bridge != "" {
-		if _, err := os.Stat(filepath.Join("/sys/class/net", rec.Bridge)); err == nil {
-			if err := run("ip", "link", "del", rec.Bridge); err != nil {
-				errs = append(errs, err)
-			}
-		}
+	return errs
+}
+
+func removeBridge(rec *hostRecord, _ string) []error {
+	if rec.Bridge == "" {
+		return nil
 	}
+	if _, err := os.Stat(filepath.Join("/sys/class/net", rec.Bridge)); err != nil {
+		return nil
+	}
+	if err := run("ip", "link", "del", rec.Bridge); err != nil {
+		return []error{err}
+	}
+	return nil
+}
+
+func restoreSysctls(rec *hostRecord, _ string) []error {
+	var errs []error
 	for name, value := range rec.Sysctls {
 		if current, err := readSysctl(name); err == nil && current != value {
 			if err := writeSysctl(name, value); err != nil {
@@ -122,6 +181,11 @@ func Down(stateDir string, logw io.Writer) error {
 			}
 		}
 	}
+	return errs
+}
+
+func unregisterBinfmt(rec *hostRecord, _ string) []error {
+	var errs []error
 	for _, name := range rec.BinfmtRegistered {
 		entry := filepath.Join("/proc/sys/fs/binfmt_misc", name)
 		if _, err := os.Stat(entry); err == nil {
@@ -135,7 +199,13 @@ func Down(stateDir string, logw io.Writer) error {
 			errs = append(errs, fmt.Errorf("unmounting binfmt_misc: %w", err))
 		}
 	}
-	// Deepest first, so a parent that existed before keeps its pre-existing content.
+	return errs
+}
+
+// removeCreatedPaths removes the hard-coded paths Up found missing, deepest first, so a parent
+// that existed before keeps its pre-existing content.
+func removeCreatedPaths(rec *hostRecord, _ string) []error {
+	var errs []error
 	created := slices.Clone(rec.CreatedPaths)
 	slices.SortFunc(created, func(a, b string) int { return strings.Count(b, "/") - strings.Count(a, "/") })
 	for _, p := range created {
@@ -147,15 +217,7 @@ func Down(stateDir string, logw io.Writer) error {
 			errs = append(errs, fmt.Errorf("removing %s: %w", p, err))
 		}
 	}
-	if len(errs) > 0 {
-		// Keep the record so a later Down can finish the job.
-		return fmt.Errorf("stopping the local cluster: %w", errors.Join(errs...))
-	}
-	if err := removeStateDir(stateDir); err != nil {
-		return err
-	}
-	log.printf("local cluster stopped; nothing of it is left")
-	return nil
+	return errs
 }
 
 func removeStateDir(stateDir string) error {
@@ -166,52 +228,4 @@ func removeStateDir(stateDir string) error {
 		return fmt.Errorf("removing state directory: %w", err)
 	}
 	return nil
-}
-
-func loadCertPool(path string) (*x509.CertPool, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("reading CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(data) {
-		return nil, fmt.Errorf("no certificate in %s", path)
-	}
-	return pool, nil
-}
-
-// imageNameInArchive reads the image name from an OCI layout archive's index.json annotation.
-func imageNameInArchive(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("opening image archive: %w", err)
-	}
-	defer f.Close()
-	tr := tar.NewReader(f)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return "", fmt.Errorf("%s has no index.json", path)
-		}
-		if err != nil {
-			return "", fmt.Errorf("reading %s: %w", path, err)
-		}
-		if strings.TrimPrefix(hdr.Name, "./") != "index.json" {
-			continue
-		}
-		var index struct {
-			Manifests []struct {
-				Annotations map[string]string `json:"annotations"`
-			} `json:"manifests"`
-		}
-		if err := json.NewDecoder(tr).Decode(&index); err != nil {
-			return "", fmt.Errorf("parsing index.json of %s: %w", path, err)
-		}
-		for _, m := range index.Manifests {
-			if name := m.Annotations["io.containerd.image.name"]; name != "" {
-				return name, nil
-			}
-		}
-		return "", fmt.Errorf("index.json of %s names no image (io.containerd.image.name)", path)
-	}
 }

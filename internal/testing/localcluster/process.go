@@ -24,8 +24,9 @@ type process struct {
 }
 
 // startProcess starts binary in its own process group, with output appended to
-// <logDir>/<name>.log, and records its PID before returning so Down can find it even if the
-// caller crashes right after.
+// <logDir>/<name>.log, and records its PID, binary and flags before returning so Down can find
+// it even if the caller crashes right after. A process started again under the same name
+// replaces its entry, keeping its place in the order Down stops them.
 func startProcess(rec *hostRecord, logDir, name, binary string, args []string, env []string) (*process, error) {
 	if err := os.MkdirAll(logDir, 0o755); err != nil {
 		return nil, fmt.Errorf("creating log directory: %w", err)
@@ -52,7 +53,7 @@ func startProcess(rec *hostRecord, logDir, name, binary string, args []string, e
 		close(p.exited)
 	}()
 	if err := rec.update(func(r *hostRecord) {
-		r.Processes = append(r.Processes, processRecord{Name: name, PID: cmd.Process.Pid, Binary: binary})
+		r.setProcess(processRecord{Name: name, PID: cmd.Process.Pid, Binary: binary, Args: args, Env: env})
 	}); err != nil {
 		return p, err
 	}

@@ -44,6 +44,10 @@ type processRecord struct {
 	PID  int    `json:"pid"`
 	// Binary is checked against /proc/<pid>/exe before signalling, so a reused PID is never hit.
 	Binary string `json:"binary"`
+	// Args and Env (beyond the inherited environment) let Cluster.restart start the process
+	// again exactly as it was.
+	Args []string `json:"args,omitempty"`
+	Env  []string `json:"env,omitempty"`
 }
 
 type firewallRule struct {
@@ -97,4 +101,27 @@ func (r *hostRecord) update(change func(*hostRecord)) error {
 func (r *hostRecord) empty() bool {
 	return len(r.Processes) == 0 && r.Bridge == "" && len(r.FirewallRules) == 0 && len(r.Sysctls) == 0 &&
 		!r.BinfmtMounted && len(r.BinfmtRegistered) == 0 && len(r.CreatedPaths) == 0 && !r.RecordedNetns
+}
+
+// setProcess records p, replacing the entry of the same name if there is one.
+func (r *hostRecord) setProcess(p processRecord) {
+	for i := range r.Processes {
+		if r.Processes[i].Name == p.Name {
+			r.Processes[i] = p
+			return
+		}
+	}
+	r.Processes = append(r.Processes, p)
+}
+
+// process returns the record of the process called name.
+func (r *hostRecord) process(name string) (processRecord, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.Processes {
+		if p.Name == name {
+			return p, true
+		}
+	}
+	return processRecord{}, false
 }

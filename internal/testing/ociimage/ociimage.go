@@ -1,5 +1,6 @@
-// Package ociimage writes container images as OCI image-layout tar archives, without a
-// registry, a container engine or any tool outside the Go standard library.
+// Package ociimage is test and demo tooling, not part of the product: it writes container images
+// as OCI image-layout tar archives, without a registry, a container engine or any tool outside
+// the Go standard library.
 //
 // The local test cluster cannot pull images (the machine has no registry and no internet), so
 // the images it runs are described in Go — a handful of files, directories and symlinks plus an
@@ -205,26 +206,7 @@ func Write(w io.Writer, img Image) (Result, error) {
 	if platform.Architecture == "" {
 		platform.Architecture = "amd64"
 	}
-	created := epoch
-	config := v1.Image{
-		Created:  &created,
-		Platform: platform,
-		Config: v1.ImageConfig{
-			User:       img.User,
-			Env:        img.Env,
-			Entrypoint: img.Entrypoint,
-			Cmd:        img.Cmd,
-			WorkingDir: img.WorkingDir,
-			Labels:     img.Labels,
-			StopSignal: img.StopSignal,
-		},
-		RootFS: v1.RootFS{Type: "layers", DiffIDs: []digest.Digest{diffID}},
-		History: []v1.History{{
-			Created:   &created,
-			CreatedBy: "github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage",
-		}},
-	}
-	configJSON, err := json.Marshal(config)
+	configJSON, err := configBlob(img, platform, diffID)
 	if err != nil {
 		return Result{}, fmt.Errorf("image %s: encoding config: %w", img.Name, err)
 	}
@@ -233,7 +215,6 @@ func Write(w io.Writer, img Image) (Result, error) {
 		Digest:    digest.FromBytes(configJSON),
 		Size:      int64(len(configJSON)),
 	}
-
 	manifestJSON, err := json.Marshal(v1.Manifest{
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: v1.MediaTypeImageManifest,
@@ -267,18 +248,7 @@ func Write(w io.Writer, img Image) (Result, error) {
 	if err != nil {
 		return Result{}, fmt.Errorf("image %s: encoding oci-layout: %w", img.Name, err)
 	}
-
-	tw := tar.NewWriter(w)
-	dirs := []string{"blobs/", "blobs/sha256/"}
-	for _, d := range dirs {
-		if err := tw.WriteHeader(dirHeader(d, 0o755)); err != nil {
-			return Result{}, fmt.Errorf("image %s: writing archive: %w", img.Name, err)
-		}
-	}
-	files := []struct {
-		name string
-		data []byte
-	}{
+	if err := writeArchive(w, []archiveFile{
 		{v1.ImageLayoutFile, layoutJSON},
 		{blobPath(layerDesc.Digest), layer.Bytes()},
 		{blobPath(configDesc.Digest), configJSON},
@@ -286,16 +256,59 @@ func Write(w io.Writer, img Image) (Result, error) {
 		// index.json last: a reader that streams the archive has every blob by the time it
 		// learns what the image is.
 		{v1.ImageIndexFile, indexJSON},
+	}); err != nil {
+		return Result{}, fmt.Errorf("image %s: %w", img.Name, err)
+	}
+	return Result{Manifest: manifestDesc, Config: configDesc, Layer: layerDesc, DiffID: diffID}, nil
+}
+
+// configBlob encodes the image config: the runtime settings of img, its platform and its one
+// layer, with fixed timestamps.
+func configBlob(img Image, platform v1.Platform, diffID digest.Digest) ([]byte, error) {
+	created := epoch
+	return json.Marshal(v1.Image{
+		Created:  &created,
+		Platform: platform,
+		Config: v1.ImageConfig{
+			User:       img.User,
+			Env:        img.Env,
+			Entrypoint: img.Entrypoint,
+			Cmd:        img.Cmd,
+			WorkingDir: img.WorkingDir,
+			Labels:     img.Labels,
+			StopSignal: img.StopSignal,
+		},
+		RootFS: v1.RootFS{Type: "layers", DiffIDs: []digest.Digest{diffID}},
+		History: []v1.History{{
+			Created:   &created,
+			CreatedBy: "github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage",
+		}},
+	})
+}
+
+// archiveFile is one file of the outer OCI layout archive.
+type archiveFile struct {
+	name string
+	data []byte
+}
+
+// writeArchive writes the blobs/sha256/ directories and then files, in order, as a tar stream.
+func writeArchive(w io.Writer, files []archiveFile) error {
+	tw := tar.NewWriter(w)
+	for _, d := range []string{"blobs/", "blobs/sha256/"} {
+		if err := tw.WriteHeader(dirHeader(d, 0o755)); err != nil {
+			return fmt.Errorf("writing archive: %w", err)
+		}
 	}
 	for _, f := range files {
 		if err := writeBytes(tw, f.name, f.data, 0o644); err != nil {
-			return Result{}, fmt.Errorf("image %s: writing %s to archive: %w", img.Name, f.name, err)
+			return fmt.Errorf("writing %s to archive: %w", f.name, err)
 		}
 	}
 	if err := tw.Close(); err != nil {
-		return Result{}, fmt.Errorf("image %s: finishing archive: %w", img.Name, err)
+		return fmt.Errorf("finishing archive: %w", err)
 	}
-	return Result{Manifest: manifestDesc, Config: configDesc, Layer: layerDesc, DiffID: diffID}, nil
+	return nil
 }
 
 // tagOf checks that name is a fully qualified, tagged reference and returns its tag. It
