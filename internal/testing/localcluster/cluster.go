@@ -183,7 +183,7 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 
 // checkPrerequisites fails before any host change when a binary or tool the parts need is missing.
 func checkPrerequisites(binDir string) error {
-	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"} {
+	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", registryName} {
 		if _, err := os.Stat(filepath.Join(binDir, bin)); err != nil {
 			return fmt.Errorf("binary %s missing in %s (build it with `make tools`): %w", bin, binDir, err)
 		}

@@ -25,6 +25,7 @@ import (
 // every image name to it) and needs no image of its own; Down stops it like every other process
 // and its storage goes with the state directory.
 const (
+	registryName = "registry"
 	// RegistryHost is the registry's host:port, the first part of the images pushed to it.
 	RegistryHost = nodeAddress + ":5000"
 	// RegistryCAInImage is where the local BuildKit image (hack/cmd/mkimages) carries the
@@ -131,16 +132,55 @@ http:
 `)
 }
 
-// startRegistry writes the registry's server certificate (issued by the CA in caDir) and
-// configuration, starts it and waits until /v2/ answers over TLS.
-func startRegistry(ctx context.Context, rec *hostRecord, binDir, stateDir, caDir string) (*process, *http.Client, error) {
+// registry is the cluster's OCI registry (see RegistryHost): its server certificate issued by the
+// registry CA in the images directory, its storage in <state>/registry, the base images of the
+// images directory pushed once it answers, and the node's containerd pointed at it.
+type registry struct {
+	files registryFiles
+}
+
+func (r *registry) Name() string { return registryName }
+
+func (r *registry) Start(ctx context.Context, s *session) error {
+	caDir := filepath.Join(s.cfg.ImagesDir, RegistryCADir)
 	ca, err := loadCA(filepath.Join(caDir, "ca.crt"), filepath.Join(caDir, "ca.key"))
 	if err != nil {
-		return nil, nil, fmt.Errorf("the registry's CA (make images writes it to %s): %w", caDir, err)
+		return fmt.Errorf("the registry's CA (make images writes it to %s): %w", caDir, err)
 	}
-	files := registryFiles{dir: filepath.Join(stateDir, "registry")}
-	if err := os.MkdirAll(files.storage(), 0o700); err != nil {
-		return nil, nil, fmt.Errorf("creating %s: %w", files.storage(), err)
+	r.files = registryFiles{dir: s.dir("registry")}
+	if err := r.writeFiles(ca); err != nil {
+		return err
+	}
+	if err := writeFile(containerdHostsFile(s.cfg.StateDir), containerdHosts(r.files.ca())); err != nil {
+		return err
+	}
+	p, err := s.startProcess(registryName, s.bin(registryName), []string{"serve", r.files.config()})
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.cert)
+	client := &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	if err := p.waitHealthy(ctx, httpCheck(client, "https://"+RegistryHost+"/v2/")); err != nil {
+		return err
+	}
+	names, err := pushBaseImages(ctx, client, filepath.Join(s.cfg.ImagesDir, BaseImagesDir))
+	if err != nil {
+		return err
+	}
+	conf := s.dir("buildkitd.toml")
+	if err := writeFile(conf, BuildkitdConfig()); err != nil {
+		return err
+	}
+	s.info.Registry, s.info.RegistryCAFile, s.info.BaseImages, s.info.BuildkitdConfigFile = RegistryHost, r.files.ca(), names, conf
+	return nil
+}
+
+// writeFiles writes the registry's server certificate and key (issued by ca for the bridge
+// address and loopback), ca's certificate and the configuration.
+func (r *registry) writeFiles(ca *certAuthority) error {
+	if err := os.MkdirAll(r.files.storage(), 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", r.files.storage(), err)
 	}
 	certPEM, keyPEM, err := ca.issue(certRequest{
 		commonName: "setup-ephemeral-buildkit local registry",
@@ -149,34 +189,17 @@ func startRegistry(ctx context.Context, rec *hostRecord, binDir, stateDir, caDir
 		server:     true,
 	}, time.Now())
 	if err != nil {
-		return nil, nil, err
+		return err
 	}
 	for path, data := range map[string][]byte{
-		files.cert(): certPEM, files.key(): keyPEM, files.ca(): ca.certPEM(),
-		files.config(): []byte(registryConfig(files)),
+		r.files.cert(): certPEM, r.files.key(): keyPEM, r.files.ca(): ca.certPEM(),
+		r.files.config(): []byte(registryConfig(r.files)),
 	} {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
-			return nil, nil, fmt.Errorf("writing %s: %w", path, err)
+			return fmt.Errorf("writing %s: %w", path, err)
 		}
 	}
-	if err := writeFile(containerdHostsFile(stateDir), containerdHosts(files.ca())); err != nil {
-		return nil, nil, err
-	}
-	binary := filepath.Join(binDir, "registry")
-	if _, err := os.Stat(binary); err != nil {
-		return nil, nil, fmt.Errorf("binary registry missing in %s (build it with `make tools`): %w", binDir, err)
-	}
-	p, err := startProcess(rec, filepath.Join(stateDir, "logs"), "registry", binary, []string{"serve", files.config()}, nil)
-	if err != nil {
-		return nil, nil, err
-	}
-	pool := x509.NewCertPool()
-	pool.AddCert(ca.cert)
-	client := &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	if err := p.waitHealthy(ctx, httpCheck(client, "https://"+RegistryHost+"/v2/")); err != nil {
-		return nil, nil, err
-	}
-	return p, client, nil
+	return nil
 }
 
 // pushBaseImages pushes every image of the OCI layout layoutDir (hack/cmd/mkimages writes the
