@@ -2,7 +2,7 @@
 # rootfs.sh ARCH DIR: a minimal Debian root file system for ARCH (amd64, arm64) in DIR, made by
 # debootstrap from Debian's own packages, for the local cluster's Debian base image
 # (hack/cmd/mkimages). A foreign ARCH runs debootstrap's second stage under qemu-user-static
-# through binfmt_misc, registered for the duration of this script when nobody has.
+# through a binfmt_misc instance of its own (see in_private_binfmt).
 #
 # Environment: SUITE (e.g. bookworm), MIRROR (the Debian mirror the machine's apt uses), INCLUDE
 # (comma-separated extra packages). All three are pinned by mkimages and part of its cache key.
@@ -27,37 +27,51 @@ host_arch=$(dpkg --print-architecture)
 foreign=()
 [[ $arch == "$host_arch" ]] || foreign=(--foreign)
 
-# The second stage mounts /proc and /sys inside the target; a private mount namespace makes sure
-# nothing stays mounted on the host when debootstrap fails half-way.
+# The first stage mounts nothing the host keeps: a private mount namespace makes sure of it even
+# when debootstrap fails half-way.
 in_private_mounts() { unshare --mount --propagation private -- "$@"; }
+
+# in_private_binfmt CONF CMD... runs CMD in namespaces of its own: a user namespace that maps
+# root to root (so file ownership works as on the host), mount, PID and network namespaces (the
+# second stage mounts /proc and /sys in the target and needs no network), and a binfmt_misc
+# instance of that user namespace (Linux 6.7 and later) in which CONF, a qemu-user-static entry,
+# is registered. The host's binfmt_misc is never touched, so a local cluster starting or stopping
+# meanwhile (it registers qemu for itself) and this build cannot disturb each other.
+in_private_binfmt() {
+	local conf=$1
+	shift
+	unshare --user --mount --propagation private --pid --net --fork --kill-child -- sleep infinity 2>/dev/null &
+	local holder=$! child= i
+	for ((i = 0; i < 100; i++)); do
+		child=$(pgrep -P "$holder" -x sleep || true)
+		[[ -n $child ]] && break
+		sleep 0.05
+	done
+	[[ -n $child ]] || die "the namespace holder did not start"
+	# Written from outside: root of the new user namespace is root of the host, for 65536 ids.
+	echo "0 0 65536" >"/proc/$child/uid_map"
+	echo "0 0 65536" >"/proc/$child/gid_map"
+	local rc=0
+	nsenter --target "$child" --user --mount --pid --net -- sh -c '
+		mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc &&
+		cat "$1" >/proc/sys/fs/binfmt_misc/register &&
+		shift && exec "$@"' sh "$conf" "$@" || rc=$?
+	# The holder is the PID namespace's init, which takes no SIGTERM from outside: SIGKILL ends it,
+	# the namespaces and the waiting unshare.
+	kill -KILL "$child" 2>/dev/null || true
+	wait "$holder" 2>/dev/null || true
+	return "$rc"
+}
 
 export SOURCE_DATE_EPOCH=0 DEBIAN_FRONTEND=noninteractive LC_ALL=C
 in_private_mounts debootstrap --variant=minbase --arch="$arch" ${INCLUDE:+--include="$INCLUDE"} \
 	"${foreign[@]}" "$SUITE" "$target" "$MIRROR"
 
 if ((${#foreign[@]})); then
-	binfmt=/proc/sys/fs/binfmt_misc
-	qemu_name=qemu-aarch64
-	[[ $arch == arm64 ]] || die "no qemu binfmt entry known for $arch"
-	mounted=false registered=false
-	undo() {
-		if $registered; then echo -1 >"$binfmt/$qemu_name" || true; fi
-		if $mounted; then umount "$binfmt" || true; fi
-	}
-	trap undo EXIT
-	if [[ ! -e $binfmt/register ]]; then
-		mount -t binfmt_misc binfmt_misc "$binfmt"
-		mounted=true
-	fi
-	if [[ ! -e $binfmt/$qemu_name ]]; then
-		conf=/usr/lib/binfmt.d/$qemu_name.conf
-		[[ -f $conf ]] || die "$conf missing; run hack/install-deps.sh (qemu-user-static)"
-		cat "$conf" >"$binfmt/register"
-		registered=true
-	fi
-	in_private_mounts chroot "$target" /debootstrap/debootstrap --second-stage
-	undo
-	trap - EXIT
+	[[ $arch == arm64 ]] || die "no qemu-user-static binfmt entry known for $arch"
+	conf=/usr/lib/binfmt.d/qemu-aarch64.conf
+	[[ -f $conf ]] || die "$conf missing; run hack/install-deps.sh (qemu-user-static)"
+	in_private_binfmt "$conf" chroot "$target" /debootstrap/debootstrap --second-stage
 fi
 
 # Slim, as Debian's own -slim container images: no documentation, manual pages or translations
