@@ -71,7 +71,10 @@ if ((${#foreign[@]})); then
 	[[ $arch == arm64 ]] || die "no qemu-user-static binfmt entry known for $arch"
 	conf=/usr/lib/binfmt.d/qemu-aarch64.conf
 	[[ -f $conf ]] || die "$conf missing; run hack/install-deps.sh (qemu-user-static)"
-	in_private_binfmt "$conf" chroot "$target" /debootstrap/debootstrap --second-stage
+	# container=lxc: debootstrap's own switch for unprivileged containers, where mknod is refused;
+	# it binds the few device nodes it needs instead (in the private mount namespace, and /dev is
+	# emptied below anyway).
+	container=lxc in_private_binfmt "$conf" chroot "$target" /debootstrap/debootstrap --second-stage
 fi
 
 # Slim, as Debian's own -slim container images: no documentation, manual pages or translations
