@@ -154,7 +154,11 @@ func (r *registry) Start(ctx context.Context, s *session) error {
 	if err := writeFile(containerdHostsFile(s.cfg.StateDir), containerdHosts(r.files.ca())); err != nil {
 		return err
 	}
-	p, err := s.startProcess(registryName, s.bin(registryName), []string{"serve", r.files.config()})
+	// No OpenTelemetry exporter: distribution would post traces to localhost:4318 every 10 s.
+	p, err := startProcess(s.rec, s.dir("logs"), registryName, s.bin(registryName), []string{"serve", r.files.config()}, []string{"OTEL_TRACES_EXPORTER=none"})
+	if p != nil {
+		s.procs[registryName] = p
+	}
 	if err != nil {
 		return err
 	}
