@@ -228,12 +228,20 @@ func pushBaseImages(ctx context.Context, client *http.Client, layoutDir string) 
 // certs.d/_default/hosts.toml: every image name, whatever registry it names, resolves to the
 // cluster's registry, so a pull either finds the image there or fails on this machine. Nothing
 // is looked up through the host's resolver or sent anywhere else.
+//
+// The registry is both the one [host] entry and the server: containerd 1.6 rejects a hosts.toml
+// without a [host] table (and then silently falls back to the image's own registry, over the
+// host's DNS), and without server it would try the image's own registry after the entries.
 func containerdHosts(caFile string) string {
 	return fmt.Sprintf(`# Every registry name resolves to the local cluster's registry (containerd's _default host
 # directory): an image that is not there fails to pull here, and nothing leaves the machine.
-server = "https://%s"
-ca = %q
+server = "https://%[1]s"
+ca = %[2]q
 capabilities = ["pull", "resolve"]
+
+[host."https://%[1]s"]
+  ca = %[2]q
+  capabilities = ["pull", "resolve"]
 `, RegistryHost, caFile)
 }
 

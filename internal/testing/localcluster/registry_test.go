@@ -28,17 +28,24 @@ func TestContainerdResolvesEveryNameToTheRegistry(t *testing.T) {
 	if want := filepath.Join(configPath, "_default", "hosts.toml"); containerdHostsFile("/s") != want {
 		t.Fatalf("hosts.toml written to %s, but containerd reads %s", containerdHostsFile("/s"), want)
 	}
-	var hosts struct {
-		Server       string   `toml:"server"`
+	type hostConfig struct {
 		CA           string   `toml:"ca"`
 		Capabilities []string `toml:"capabilities"`
-		Host         map[string]any
+	}
+	var hosts struct {
+		Server string `toml:"server"`
+		hostConfig
+		Host map[string]hostConfig `toml:"host"`
 	}
 	if err := toml.Unmarshal([]byte(containerdHosts("/s/registry/ca.crt")), &hosts); err != nil {
 		t.Fatal(err)
 	}
-	if hosts.Server != "https://"+RegistryHost || hosts.CA != "/s/registry/ca.crt" || len(hosts.Host) != 0 {
-		t.Errorf("hosts.toml %+v: want only the local registry, over TLS with its CA", hosts)
+	want := "https://" + RegistryHost
+	// containerd 1.6 refuses a hosts.toml without a [host] table, and falls back to the image's
+	// own registry over the host's DNS: the one entry must be there, and be the server.
+	entry, ok := hosts.Host[want]
+	if hosts.Server != want || hosts.CA != "/s/registry/ca.crt" || len(hosts.Host) != 1 || !ok || entry.CA != hosts.CA {
+		t.Errorf("hosts.toml %+v: want only the local registry, as server and [host], over TLS with its CA", hosts)
 	}
 }
 
