@@ -19,7 +19,7 @@ BIN_DIR=$CACHE_DIR/bin
 STAMP_DIR=$CACHE_DIR/stamps
 WORK_DIR=$CACHE_DIR/tmp
 GO=${GO:-go}
-ALL_TOOLS="runc etcd buildkit buildx act kubernetes"
+ALL_TOOLS="runc etcd buildkit buildx act kubernetes registry"
 TOOLS=${TOOLS:-$ALL_TOOLS}
 
 # Versions stamped into the binaries. They must match the versions the scratch modules require;
@@ -28,6 +28,7 @@ K8S_VERSION=v1.34.4
 BUILDKIT_VERSION=v0.34.2
 BUILDX_VERSION=v0.38.2
 RUNC_VERSION=v1.5.2
+REGISTRY_VERSION=v3.1.2
 
 die() {
 	echo "build-tools.sh: error: $*" >&2
@@ -117,6 +118,17 @@ build_buildx() {
 	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath \
 		-ldflags "-s -w -X $p.Version=$BUILDX_VERSION -X $p.Revision=$BUILDX_VERSION -X $p.Package=github.com/docker/buildx" \
 		-o "$out/docker-buildx" github.com/docker/buildx/cmd/buildx)
+}
+
+outputs_registry() { echo registry; }
+build_registry() {
+	local out=$1 dir=$TOOLS_DIR/registry
+	check_version "$dir" github.com/distribution/distribution/v3 "$REGISTRY_VERSION"
+	local p=github.com/distribution/distribution/v3/version
+	# The local cluster's OCI registry (a host process, see internal/testing/localcluster).
+	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath \
+		-ldflags "-s -w -X $p.version=$REGISTRY_VERSION -X $p.revision=$REGISTRY_VERSION -X $p.mainpkg=github.com/distribution/distribution/v3" \
+		-o "$out/registry" github.com/distribution/distribution/v3/cmd/registry)
 }
 
 outputs_act() { echo act; }

@@ -24,6 +24,7 @@ packages=(
 	util-linux                  # nsenter, findmnt
 	procps                      # ps/pkill-free process inspection by PID
 	tar                         # inspecting the OCI archives
+	debootstrap                 # the Debian base image (hack/images/debian/rootfs.sh)
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -232,6 +232,9 @@ func (w *jobWorld) startAct(ctx context.Context, t *testing.T, vars map[string]s
 		"GIT_CONFIG_GLOBAL=/dev/null",
 		"GIT_CONFIG_NOSYSTEM=1",
 		"TMPDIR=" + os.TempDir(),
+		// The runner trusts the cluster's registry, as a runner image trusts a private registry's
+		// CA: buildx on the runner combines a multi-node push's manifests into one index itself.
+		"SSL_CERT_FILE=" + w.cluster.Info.RegistryCAFile,
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	run := &actRun{cmd: cmd, output: &syncbuf.Buffer{}, done: make(chan struct{})}

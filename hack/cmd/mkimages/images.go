@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage"
 )
 
@@ -53,6 +54,8 @@ var busyboxApplets = []string{
 
 type config struct {
 	binDir, outDir, busybox, goCmd string
+	// baseImages also writes the Debian and Go base images (buildBaseImages).
+	baseImages bool
 }
 
 func run(cfg config) error {
@@ -71,7 +74,11 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
-	bk, err := buildKitImage(cfg.binDir, cfg.busybox)
+	registryCA, _, err := localcluster.EnsureRegistryCA(filepath.Join(cfg.outDir, localcluster.RegistryCADir), time.Now())
+	if err != nil {
+		return err
+	}
+	bk, err := buildKitImage(cfg.binDir, cfg.busybox, registryCA)
 	if err != nil {
 		return err
 	}
@@ -85,6 +92,9 @@ func run(cfg config) error {
 		if err := writeImage(filepath.Join(cfg.outDir, im.file), im.img, srcHash); err != nil {
 			return err
 		}
+	}
+	if cfg.baseImages {
+		return buildBaseImages(cfg, root, srcHash)
 	}
 	return nil
 }
@@ -203,8 +213,10 @@ func pauseImage(pauseBin string) ociimage.Image {
 }
 
 // buildKitImage describes the BuildKit image, laid out like the official one: the BuildKit
-// binaries and runc in /usr/bin, a static busybox for a shell, and the state directories.
-func buildKitImage(binDir, busybox string) (ociimage.Image, error) {
+// binaries and runc in /usr/bin, a static busybox for a shell, and the state directories. Unlike
+// the official one it carries the local registry's CA certificate (registryCA), which builders
+// are told to trust through buildkitd.toml (localcluster.BuildkitdConfig).
+func buildKitImage(binDir, busybox, registryCA string) (ociimage.Image, error) {
 	for _, f := range []string{"buildkitd", "buildctl", "runc-static"} {
 		p := filepath.Join(binDir, f)
 		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
@@ -223,6 +235,7 @@ func buildKitImage(binDir, busybox string) (ociimage.Image, error) {
 		ociimage.HostFile("/usr/bin/runc", filepath.Join(binDir, "runc-static"), 0o755),
 		ociimage.Symlink("/usr/bin/buildkit-runc", "runc"),
 		ociimage.HostFile("/bin/busybox", busybox, 0o755),
+		ociimage.HostFile(localcluster.RegistryCAInImage, registryCA, 0o644),
 
 		ociimage.Dir("/bin", 0o755),
 		ociimage.Dir("/sbin", 0o755),

@@ -9,6 +9,13 @@
 // -bin holds buildkitd, buildctl and runc-static as hack/build-tools.sh leaves them. The pause
 // program is built from hack/images/pause. Each archive has a stamp beside it (the hash of
 // every input); when it matches, the archive is reused, so a second run writes nothing.
+//
+// With -base (the default) it also writes the base images the local registry serves to builds:
+// Debian (debootstrap from Debian's packages, hack/images/debian/rootfs.sh; arm64 finished under
+// qemu-user-static) and Go (Go's toolchain per architecture from the module proxy, on that
+// Debian), each an image index for linux/amd64 and linux/arm64, into the OCI layout <out>/base,
+// named as on Docker Hub (docker.io/library/debian:bookworm, docker.io/library/golang:1.26, ...).
+// It is cached the same way, by a stamp of its inputs. It needs root and debootstrap.
 package main
 
 import (
@@ -22,7 +29,8 @@ func main() {
 	flag.StringVar(&cfg.binDir, "bin", "", "directory with buildkitd, buildctl and runc-static (required)")
 	flag.StringVar(&cfg.outDir, "out", "", "directory to write pause.tar and buildkit.tar to (required)")
 	flag.StringVar(&cfg.busybox, "busybox", "/bin/busybox", "static busybox for the BuildKit image's shell (Debian's busybox-static)")
-	flag.StringVar(&cfg.goCmd, "go", "go", "Go command used to build the pause program")
+	flag.StringVar(&cfg.goCmd, "go", "go", "Go command used to build the pause program and download Go toolchains")
+	flag.BoolVar(&cfg.baseImages, "base", true, "also write the Debian and Go base images (linux/amd64, linux/arm64) to the OCI layout <out>/base")
 	flag.Parse()
 	if cfg.binDir == "" || cfg.outDir == "" || flag.NArg() != 0 {
 		flag.Usage()

@@ -33,15 +33,20 @@ type certRequest struct {
 }
 
 func newCertAuthority(now time.Time) (*certAuthority, error) {
+	return newCertAuthorityNamed("setup-ephemeral-buildkit local cluster CA", now, 10*24*time.Hour)
+}
+
+// newCertAuthorityNamed makes a CA with the given name, valid for validity from now.
+func newCertAuthorityNamed(name string, now time.Time, validity time.Duration) (*certAuthority, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("generating CA key: %w", err)
 	}
 	template := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "setup-ephemeral-buildkit local cluster CA"},
+		Subject:               pkix.Name{CommonName: name},
 		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(10 * 24 * time.Hour),
+		NotAfter:              now.Add(validity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,

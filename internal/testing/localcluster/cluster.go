@@ -53,6 +53,16 @@ type Info struct {
 	ArchNodeLabels map[string]string `json:"archNodeLabels"`
 	// Images are the image names imported into the node's containerd, by archive name.
 	Images map[string]string `json:"images"`
+	// Registry is the cluster's OCI registry as host:port (RegistryHost), reachable from the host
+	// and from pods; RegistryCAFile is the CA its TLS certificate is checked against.
+	Registry       string `json:"registry"`
+	RegistryCAFile string `json:"registryCAFile"`
+	// BaseImages are the images pushed to the registry at start-up (Docker Hub names such as
+	// docker.io/library/golang:1.26, stored under library/golang:1.26).
+	BaseImages []string `json:"baseImages"`
+	// BuildkitdConfigFile is a buildkitd.toml (BuildkitdConfig) for the product's
+	// buildkitd-config input: builders trust the registry and use it as their Docker Hub mirror.
+	BuildkitdConfigFile string `json:"buildkitdConfigFile"`
 }
 
 // Cluster is a running local cluster.
@@ -173,7 +183,7 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 
 // checkPrerequisites fails before any host change when a binary or tool the parts need is missing.
 func checkPrerequisites(binDir string) error {
-	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"} {
+	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", registryName} {
 		if _, err := os.Stat(filepath.Join(binDir, bin)); err != nil {
 			return fmt.Errorf("binary %s missing in %s (build it with `make tools`): %w", bin, binDir, err)
 		}

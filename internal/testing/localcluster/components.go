@@ -50,6 +50,8 @@ func startOrder() []component {
 		step{"certificates", func(_ context.Context, s *session) error {
 			return writePKI(s.pki, NodeName, net.ParseIP(nodeAddress), time.Now())
 		}},
+		// Before containerd and the kubelet: the node resolves every image name to it.
+		&registry{},
 		&etcd{},
 		&apiServer{},
 		&controllerManager{},
@@ -88,7 +90,7 @@ func newSession(cfg Config, rec *hostRecord) *session {
 	return &session{cfg: cfg, rec: rec, pki: pkiFiles{Dir: filepath.Join(cfg.StateDir, "pki")}, procs: map[string]*process{}}
 }
 
-// bin is the path of a Kubernetes or etcd binary.
+// bin is the path of a binary built by hack/build-tools.sh (Kubernetes, etcd, the registry).
 func (s *session) bin(name string) string { return filepath.Join(s.cfg.BinDir, name) }
 
 // kubeconfig is the path of the kubeconfig file of a client identity (see apiServer.Start).

@@ -47,10 +47,21 @@ func TestStartOrderStartsEachProcessOnceAfterTheHost(t *testing.T) {
 		names = append(names, c.Name())
 	}
 	bridge := slices.Index(names, "bridge")
-	for _, name := range []string{etcdName, apiServerName, controllerManagerName, schedulerName, containerdName, kubeletName} {
+	for _, name := range []string{registryName, etcdName, apiServerName, controllerManagerName, schedulerName, containerdName, kubeletName} {
 		i := slices.Index(names, name)
 		if i < 0 || slices.Index(names[i+1:], name) >= 0 || i < bridge {
 			t.Errorf("%s at %d in %v, want once and after the bridge", name, i, names)
 		}
+	}
+}
+
+// The registry answers, with the base images pushed, before the node can pull anything.
+func TestRegistryStartsBeforeTheNode(t *testing.T) {
+	var names []string
+	for _, c := range startOrder() {
+		names = append(names, c.Name())
+	}
+	if r, c := slices.Index(names, registryName), slices.Index(names, containerdName); r < 0 || r > c {
+		t.Errorf("registry at %d, containerd at %d in %v", r, c, names)
 	}
 }

@@ -199,13 +199,7 @@ func Write(w io.Writer, img Image) (Result, error) {
 		Size:      int64(layer.Len()),
 	}
 
-	platform := v1.Platform{OS: img.OS, Architecture: img.Architecture, Variant: img.Variant}
-	if platform.OS == "" {
-		platform.OS = "linux"
-	}
-	if platform.Architecture == "" {
-		platform.Architecture = "amd64"
-	}
+	platform := imagePlatform(img)
 	configJSON, err := configBlob(img, platform, diffID)
 	if err != nil {
 		return Result{}, fmt.Errorf("image %s: encoding config: %w", img.Name, err)
@@ -265,25 +259,9 @@ func Write(w io.Writer, img Image) (Result, error) {
 // configBlob encodes the image config: the runtime settings of img, its platform and its one
 // layer, with fixed timestamps.
 func configBlob(img Image, platform v1.Platform, diffID digest.Digest) ([]byte, error) {
-	created := epoch
-	return json.Marshal(v1.Image{
-		Created:  &created,
-		Platform: platform,
-		Config: v1.ImageConfig{
-			User:       img.User,
-			Env:        img.Env,
-			Entrypoint: img.Entrypoint,
-			Cmd:        img.Cmd,
-			WorkingDir: img.WorkingDir,
-			Labels:     img.Labels,
-			StopSignal: img.StopSignal,
-		},
-		RootFS: v1.RootFS{Type: "layers", DiffIDs: []digest.Digest{diffID}},
-		History: []v1.History{{
-			Created:   &created,
-			CreatedBy: "github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage",
-		}},
-	})
+	return json.Marshal(imageConfig(img, platform, []Layer{{
+		DiffID: diffID, CreatedBy: "github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage",
+	}}))
 }
 
 // archiveFile is one file of the outer OCI layout archive.
@@ -406,6 +384,19 @@ func normalize(in []Entry) ([]Entry, error) {
 // writeLayer writes the gzip-compressed layer tar to w and returns the digest of the
 // uncompressed tar (the layer's diff ID).
 func writeLayer(w io.Writer, entries []Entry) (digest.Digest, error) {
+	return writeGzipTar(w, func(tw *tar.Writer) error {
+		for _, e := range entries {
+			if err := writeEntry(tw, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// writeGzipTar writes the gzip-compressed tar stream that fill writes its entries into to w and
+// returns the digest of the uncompressed tar (the layer's diff ID).
+func writeGzipTar(w io.Writer, fill func(*tar.Writer) error) (digest.Digest, error) {
 	// gzip.NewWriter's header has no name, a zero modification time and OS "unknown": fixed.
 	zw, err := gzip.NewWriterLevel(w, gzip.DefaultCompression)
 	if err != nil {
@@ -413,10 +404,8 @@ func writeLayer(w io.Writer, entries []Entry) (digest.Digest, error) {
 	}
 	h := sha256.New()
 	tw := tar.NewWriter(io.MultiWriter(zw, h))
-	for _, e := range entries {
-		if err := writeEntry(tw, e); err != nil {
-			return "", err
-		}
+	if err := fill(tw); err != nil {
+		return "", err
 	}
 	if err := tw.Close(); err != nil {
 		return "", fmt.Errorf("finishing layer tar: %w", err)

@@ -1,0 +1,3 @@
+module example.com/voting/result
+
+go 1.26

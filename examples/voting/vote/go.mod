@@ -1,0 +1,3 @@
+module example.com/voting/vote
+
+go 1.26

@@ -1,0 +1,3 @@
+module example.com/voting/worker
+
+go 1.26
