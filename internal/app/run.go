@@ -416,7 +416,9 @@ func runGC(ctx context.Context, args []string, d Deps) error {
 	}
 	opts.Checker = checker
 	namespace, decisions, err := CollectGarbage(ctx, opts, d)
-	if namespace != "" {
+	// No decisions at all means the builders could not be listed: there is nothing true to
+	// report about them, only the error.
+	if namespace != "" && decisions != nil {
 		if werr := WriteGCReport(d.Stdout, namespace, decisions, opts.DryRun); werr != nil {
 			err = errors.Join(err, werr)
 		}

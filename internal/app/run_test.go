@@ -12,7 +12,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
@@ -209,5 +213,48 @@ func TestCollectGarbageAsksTheCISystem(t *testing.T) {
 	}
 	if pods := w.pods(); len(pods) != 1 || pods[0] != "buildkit-ssss-amd64" {
 		t.Errorf("pods after gc: %v", pods)
+	}
+}
+
+// TestRunGCReportsOnlyWhatItKnows: when the builders cannot be listed (cluster unreachable, or
+// gc run with the runners' Role, which may not list Secrets) gc says only that, and a refusal
+// names the janitor's Role, not the runners'.
+func TestRunGCReportsOnlyWhatItKnows(t *testing.T) {
+	for _, tc := range []struct {
+		name, verb, resource string
+		err                  error
+		want, notWant        []string
+	}{
+		{"unreachable", "list", "pods", errors.New("dial tcp 127.0.0.1:1: connect: connection refused"),
+			[]string{"listing managed builder pods", "connection refused"}, nil},
+		{"runners' Role", "list", "secrets", apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "", errors.New("RBAC: no rule")),
+			[]string{"may not list secrets", "deploy/janitor-cronjob.yaml"}, []string{"deploy/rbac.yaml"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			w.client.PrependReactor(tc.verb, tc.resource, func(k8stesting.Action) (bool, runtime.Object, error) {
+				return true, nil, tc.err
+			})
+			d := w.deps()
+			var out bytes.Buffer
+			d.Stdout = &out
+			err := Run(context.Background(), []string{"gc", "--namespace", "ci"}, d)
+			if err == nil {
+				t.Fatalf("gc succeeded; report:\n%s", out.String())
+			}
+			if strings.Contains(out.String(), "no builders") || strings.Contains(out.String(), "JOB KEY") {
+				t.Errorf("gc reported on builders it could not list:\n%s", out.String())
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			for _, notWant := range tc.notWant {
+				if strings.Contains(err.Error(), notWant) {
+					t.Errorf("error %q says %q", err, notWant)
+				}
+			}
+		})
 	}
 }
