@@ -149,7 +149,9 @@ func rollbackMain(ctx context.Context, p ci.System, d Deps, st jobState, kube *K
 		showLogs(logCtx, p, kube, st, "the step failed")
 		cancelLogs()
 	}
-	if problems := removeJob(cleanupCtx, p, d, st, kube); len(problems) > 0 {
+	problems, refused := removeJob(cleanupCtx, p, d, st, kube)
+	warnRefused(p, st.Namespace, refused)
+	if len(problems) > 0 {
 		return errors.Join(err, fmt.Errorf("removing what this step created: %w", errors.Join(problems...)))
 	}
 	// Nothing is left for the post step to remove.
