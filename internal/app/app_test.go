@@ -83,7 +83,14 @@ func TestMainThenPost(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", s, summary)
 		}
 	}
-	for _, s := range []string{"::group::Starting 2 BuildKit pod(s) in namespace ci", "linux/arm64  Running", "::endgroup::", "ready in"} {
+	// buildctl reads no TLS variables: the exact command line is in the log and the summary.
+	tls := filepath.Join(jobDir, "tls")
+	buildctl := "buildctl --addr 'tcp://10.0.0.12:1234' --tlsservername 'buildkitd.setup-ephemeral-buildkit.local' --tlscacert '" +
+		filepath.Join(tls, "ca.pem") + "' --tlscert '" + filepath.Join(tls, "cert.pem") + "' --tlskey '" + filepath.Join(tls, "key.pem") + "' debug workers"
+	if !strings.Contains(string(summary), buildctl) {
+		t.Errorf("summary lacks %q:\n%s", buildctl, summary)
+	}
+	for _, s := range []string{"::group::Starting 2 BuildKit pod(s) in namespace ci", "linux/arm64  Running", "::endgroup::", "ready in", buildctl} {
 		if !strings.Contains(log, s) {
 			t.Errorf("log lacks %q:\n%s", s, log)
 		}

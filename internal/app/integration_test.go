@@ -105,6 +105,25 @@ func TestIntegrationCLI(t *testing.T) {
 	if !strings.Contains(workers, "linux/amd64") {
 		t.Errorf("buildctl debug workers over the exported TLS files:\n%s", workers)
 	}
+	// The buildctl command lines up prints (buildctl reads none of the TLS variables), run as a
+	// user pastes them: by a shell, without the exports.
+	var buildctlLines []string
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "buildctl --addr ") {
+			buildctlLines = append(buildctlLines, line)
+		}
+	}
+	if len(buildctlLines) != 2 {
+		t.Fatalf("up printed %d buildctl command lines, want one per platform:\n%s", len(buildctlLines), stderr.String())
+	}
+	for i, line := range buildctlLines {
+		cmd := exec.CommandContext(ctx, "sh", "-c", line)
+		cmd.Env = processEnv
+		out, err := cmd.CombinedOutput()
+		if want := []string{"linux/amd64", "linux/arm64"}[i]; err != nil || !strings.Contains(string(out), want) {
+			t.Errorf("%s: %v, want workers for %s:\n%s", line, err, want, out)
+		}
+	}
 
 	stdout.Reset()
 	if err := Run(ctx, []string{"env", "--state-dir", stateDir}, deps); err != nil {

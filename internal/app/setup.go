@@ -64,7 +64,7 @@ func Main(ctx context.Context, p ci.System, deps Deps) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := p.Summary(summary(result, st.Builder, plan.Owner, d.Now().Sub(started))); err != nil {
+	if err := p.Summary(summary(result, st.Builder, plan.Owner, d.Now().Sub(started), buildctlCommands(builder))); err != nil {
 		p.Warningf("%v", err)
 	}
 	if err := markReady(p, exports); err != nil {
@@ -358,6 +358,10 @@ func export(p ci.System, b buildx.Builder, insp buildx.Inspection, buildxDir str
 			value = value[:maxLoggedOutputSize] + "..."
 		}
 		p.Infof("output %s=%s", kv[0], value)
+	}
+	p.Infof("buildctl reads %s but none of the TLS settings above; reach each builder with:", EnvBuildkitHost)
+	for _, line := range buildctlCommands(b) {
+		p.Infof("  %s", line)
 	}
 	return exported, nil
 }
