@@ -73,6 +73,14 @@ func TestIntegrationCLI(t *testing.T) {
 	stateDir := filepath.Join(t.TempDir(), "state")
 	common := []string{"--kubeconfig", c.Info.Kubeconfig, "--namespace", ns, "--state-dir", stateDir}
 
+	// A builder made earlier in the job, in the runner's own buildx configuration, as
+	// docker/setup-buildx-action makes it (never started: only its record matters here).
+	earlier := exec.CommandContext(ctx, "docker", "buildx", "create", "--name", "earlier-builder", "--driver", "remote", "tcp://127.0.0.1:9")
+	earlier.Env = processEnv
+	if out, err := earlier.CombinedOutput(); err != nil {
+		t.Fatalf("docker buildx create earlier-builder: %v\n%s", err, out)
+	}
+
 	up := append([]string{"up", "--owner-pod", "runner", "--platforms", "linux/amd64,linux/arm64", "--node-selector", selectors, "--job-id", "cli-1"}, common...)
 	if err := Run(ctx, up, deps); err != nil {
 		t.Fatalf("up: %v\n%s", err, stderr.String())
@@ -123,6 +131,29 @@ func TestIntegrationCLI(t *testing.T) {
 		if want := []string{"linux/amd64", "linux/arm64"}[i]; err != nil || !strings.Contains(string(out), want) {
 			t.Errorf("%s: %v, want workers for %s:\n%s", line, err, want, out)
 		}
+	}
+
+	// BUILDX_CONFIG is the job's own (README): the earlier builder is not listed in later steps,
+	// is reachable with BUILDX_CONFIG cleared, and ours never enters the runner's configuration.
+	// buildx ls exits non-zero when a builder does not answer (earlier-builder never does).
+	list := func(extra ...string) string {
+		cmd := exec.CommandContext(ctx, "docker", "buildx", "ls", "--format", "{{.Name}}")
+		cmd.Env = processEnv
+		for k, v := range exports {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		cmd.Env = append(cmd.Env, extra...)
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	if ls := list(); strings.Contains(ls, "earlier-builder") || !strings.Contains(ls, builder) {
+		t.Errorf("docker buildx ls in a later step:\n%s", ls)
+	}
+	if ls := list(EnvBuildxConfig + "="); !strings.Contains(ls, "earlier-builder") || strings.Contains(ls, builder) {
+		t.Errorf("BUILDX_CONFIG= docker buildx ls:\n%s", ls)
+	}
+	if !strings.Contains(stderr.String(), "BUILDX_CONFIG= docker buildx build --builder NAME") {
+		t.Errorf("up does not say how to reach an earlier builder:\n%s", stderr.String())
 	}
 
 	stdout.Reset()

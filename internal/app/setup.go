@@ -359,6 +359,8 @@ func export(p ci.System, b buildx.Builder, insp buildx.Inspection, buildxDir str
 		}
 		p.Infof("output %s=%s", kv[0], value)
 	}
+	p.Infof("%s is this job's own buildx configuration: builders made earlier in the job (docker/setup-buildx-action) are not "+
+		"listed in later steps; reach one with `%s= docker buildx build --builder NAME ...`", EnvBuildxConfig, EnvBuildxConfig)
 	p.Infof("buildctl reads %s but none of the TLS settings above; reach each builder with:", EnvBuildkitHost)
 	for _, line := range buildctlCommands(b) {
 		p.Infof("  %s", line)
