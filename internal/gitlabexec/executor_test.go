@@ -363,6 +363,7 @@ func TestPrepareNamesIgnoredJobVariables(t *testing.T) {
 		ci.GitLabCustomExecutorPrefix + "BUILDKIT_NAMESPACE=other",
 		ci.GitLabCustomExecutorPrefix + "BUILDKIT_REQUESTS=cpu=64",
 		ci.GitLabCustomExecutorPrefix + "BUILDKIT_EMPTY=",
+		ci.GitLabCustomExecutorPrefix + "BUILDKIT_PROGRESS=plain",
 		"BUILDKIT_NOT_A_JOB_VARIABLE=x",
 	}
 	env := map[string]string{}
@@ -393,7 +394,7 @@ func TestPrepareNamesIgnoredJobVariables(t *testing.T) {
 	if !strings.Contains(log, "the job variables it reads are BUILDKIT_PLATFORMS") {
 		t.Errorf("the job log does not say which variables are read:\n%s", log)
 	}
-	for _, name := range []string{"BUILDKIT_PLATFORMS is not read", "BUILDKIT_EMPTY", "BUILDKIT_NOT_A_JOB_VARIABLE"} {
+	for _, name := range []string{"BUILDKIT_PLATFORMS is not read", "BUILDKIT_EMPTY", "BUILDKIT_NOT_A_JOB_VARIABLE", "BUILDKIT_PROGRESS"} {
 		if strings.Contains(log, name) {
 			t.Errorf("the job log names %s:\n%s", name, log)
 		}
