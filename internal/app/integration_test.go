@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,9 +116,10 @@ func TestIntegrationCLI(t *testing.T) {
 	}
 	// The buildctl command lines up prints (buildctl reads none of the TLS variables), run as a
 	// user pastes them: by a shell, without the exports.
+	// The CLI's log carries the job summary too, so each line appears twice.
 	var buildctlLines []string
 	for _, line := range strings.Split(stderr.String(), "\n") {
-		if line = strings.TrimSpace(line); strings.HasPrefix(line, "buildctl --addr ") {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "buildctl --addr ") && !slices.Contains(buildctlLines, line) {
 			buildctlLines = append(buildctlLines, line)
 		}
 	}
