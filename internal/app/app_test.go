@@ -11,6 +11,12 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	k8stesting "k8s.io/client-go/testing"
+
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
@@ -77,7 +83,14 @@ func TestMainThenPost(t *testing.T) {
 			t.Errorf("summary lacks %q:\n%s", s, summary)
 		}
 	}
-	for _, s := range []string{"::group::Starting 2 BuildKit pod(s) in namespace ci", "linux/arm64  Running", "::endgroup::", "ready in"} {
+	// buildctl reads no TLS variables: the exact command line is in the log and the summary.
+	tls := filepath.Join(jobDir, "tls")
+	buildctl := "buildctl --addr 'tcp://10.0.0.12:1234' --tlsservername 'buildkitd.setup-ephemeral-buildkit.local' --tlscacert '" +
+		filepath.Join(tls, "ca.pem") + "' --tlscert '" + filepath.Join(tls, "cert.pem") + "' --tlskey '" + filepath.Join(tls, "key.pem") + "' debug workers"
+	if !strings.Contains(string(summary), buildctl) {
+		t.Errorf("summary lacks %q:\n%s", buildctl, summary)
+	}
+	for _, s := range []string{"::group::Starting 2 BuildKit pod(s) in namespace ci", "linux/arm64  Running", "::endgroup::", "ready in", buildctl} {
 		if !strings.Contains(log, s) {
 			t.Errorf("log lacks %q:\n%s", s, log)
 		}
@@ -295,5 +308,33 @@ func TestRemoveLocalFilesLeavesForeignPaths(t *testing.T) {
 	_ = removeLocalFiles(st)
 	if _, err := os.Stat(foreign); err != nil {
 		t.Errorf("removed a directory not shaped like the job's: %v", err)
+	}
+}
+
+// TestMainShowsNoLogsOfPodsThatNeverExisted: when a builder pod was never created, the failed
+// step shows no "last buildkitd log lines" group for it, only for the pods that exist.
+func TestMainShowsNoLogsOfPodsThatNeverExisted(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := newWorld(t)
+	w.startKubelet(ctx)
+	w.client.PrependReactor("create", "pods", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		pod := action.(k8stesting.CreateAction).GetObject().(*corev1.Pod)
+		if strings.HasSuffix(pod.Name, "-arm64") {
+			return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, pod.Name, errors.New("exceeded quota"))
+		}
+		return false, nil, nil
+	})
+	if err := Main(ctx, w.github(), w.deps()); err == nil {
+		t.Fatal("Main succeeded though a builder pod could not be created")
+	}
+	log := w.stdout.String()
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, "Last buildkitd log lines of") && strings.Contains(line, "-arm64") {
+			t.Errorf("logs shown for a pod that never existed: %q\n%s", line, log)
+		}
+	}
+	if n := strings.Count(log, "::group::Last buildkitd log lines of"); n > 1 {
+		t.Errorf("%d log groups for one existing pod:\n%s", n, log)
 	}
 }

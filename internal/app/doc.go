@@ -28,6 +28,8 @@
 //	BUILDKIT_TLS_KEY         the job's client key, mode 0600 (buildctl --tlskey)
 //	BUILDKIT_TLS_SERVERNAME  the name every builder's certificate carries (buildctl --tlsservername)
 //
-// so that, for example, `buildctl --tlsdir "$BUILDKIT_TLS_DIR" --tlsservername
-// "$BUILDKIT_TLS_SERVERNAME" debug workers` talks to the first builder.
+// buildctl reads BUILDKIT_HOST but none of the TLS variables (BuildKit v0.34's flags have no
+// environment fallback), so it needs them as flags: `buildctl --tlsdir "$BUILDKIT_TLS_DIR"
+// --tlsservername "$BUILDKIT_TLS_SERVERNAME" debug workers` talks to the first builder. Main
+// prints the exact command line of each builder in the log and the job summary.
 package app

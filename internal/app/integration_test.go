@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -73,6 +74,14 @@ func TestIntegrationCLI(t *testing.T) {
 	stateDir := filepath.Join(t.TempDir(), "state")
 	common := []string{"--kubeconfig", c.Info.Kubeconfig, "--namespace", ns, "--state-dir", stateDir}
 
+	// A builder made earlier in the job, in the runner's own buildx configuration, as
+	// docker/setup-buildx-action makes it (never started: only its record matters here).
+	earlier := exec.CommandContext(ctx, "docker", "buildx", "create", "--name", "earlier-builder", "--driver", "remote", "tcp://127.0.0.1:9")
+	earlier.Env = processEnv
+	if out, err := earlier.CombinedOutput(); err != nil {
+		t.Fatalf("docker buildx create earlier-builder: %v\n%s", err, out)
+	}
+
 	up := append([]string{"up", "--owner-pod", "runner", "--platforms", "linux/amd64,linux/arm64", "--node-selector", selectors, "--job-id", "cli-1"}, common...)
 	if err := Run(ctx, up, deps); err != nil {
 		t.Fatalf("up: %v\n%s", err, stderr.String())
@@ -105,6 +114,49 @@ func TestIntegrationCLI(t *testing.T) {
 	if !strings.Contains(workers, "linux/amd64") {
 		t.Errorf("buildctl debug workers over the exported TLS files:\n%s", workers)
 	}
+	// The buildctl command lines up prints (buildctl reads none of the TLS variables), run as a
+	// user pastes them: by a shell, without the exports.
+	// The CLI's log carries the job summary too, so each line appears twice.
+	var buildctlLines []string
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if line = strings.TrimSpace(line); strings.HasPrefix(line, "buildctl --addr ") && !slices.Contains(buildctlLines, line) {
+			buildctlLines = append(buildctlLines, line)
+		}
+	}
+	if len(buildctlLines) != 2 {
+		t.Fatalf("up printed %d buildctl command lines, want one per platform:\n%s", len(buildctlLines), stderr.String())
+	}
+	for i, line := range buildctlLines {
+		cmd := exec.CommandContext(ctx, "sh", "-c", line)
+		cmd.Env = processEnv
+		out, err := cmd.CombinedOutput()
+		if want := []string{"linux/amd64", "linux/arm64"}[i]; err != nil || !strings.Contains(string(out), want) {
+			t.Errorf("%s: %v, want workers for %s:\n%s", line, err, want, out)
+		}
+	}
+
+	// BUILDX_CONFIG is the job's own (README): the earlier builder is not listed in later steps,
+	// is reachable with BUILDX_CONFIG cleared, and ours never enters the runner's configuration.
+	// buildx ls exits non-zero when a builder does not answer (earlier-builder never does).
+	list := func(extra ...string) string {
+		cmd := exec.CommandContext(ctx, "docker", "buildx", "ls", "--format", "{{.Name}}")
+		cmd.Env = processEnv
+		for k, v := range exports {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+		cmd.Env = append(cmd.Env, extra...)
+		out, _ := cmd.CombinedOutput()
+		return string(out)
+	}
+	if ls := list(); strings.Contains(ls, "earlier-builder") || !strings.Contains(ls, builder) {
+		t.Errorf("docker buildx ls in a later step:\n%s", ls)
+	}
+	if ls := list(EnvBuildxConfig + "="); !strings.Contains(ls, "earlier-builder") || strings.Contains(ls, builder) {
+		t.Errorf("BUILDX_CONFIG= docker buildx ls:\n%s", ls)
+	}
+	if !strings.Contains(stderr.String(), "BUILDX_CONFIG= docker buildx build --builder NAME") {
+		t.Errorf("up does not say how to reach an earlier builder:\n%s", stderr.String())
+	}
 
 	stdout.Reset()
 	if err := Run(ctx, []string{"env", "--state-dir", stateDir}, deps); err != nil {
@@ -135,7 +187,8 @@ func TestIntegrationCLI(t *testing.T) {
 	if err := Run(ctx, []string{"gc", "--kubeconfig", c.Info.Kubeconfig, "--namespace", ns, "--dry-run"}, deps); err != nil {
 		t.Fatal(err)
 	}
-	if report := stdout.String(); !strings.Contains(report, "keep") || !strings.Contains(report, "owner alive and not expired") {
+	// The builder has no owner at all: only its deadline removes it, and the report says that.
+	if report := stdout.String(); !strings.Contains(report, "keep") || !strings.Contains(report, "no owner pod; kept until it expires at ") {
 		t.Errorf("gc before the deadline:\n%s", report)
 	}
 	later := deps

@@ -31,6 +31,21 @@ const (
 // problem is a warning: Post returns an error only for a context that is already done, and it
 // never fails a job over cleanup. With cleanup: false it leaves everything in place.
 func Post(ctx context.Context, p ci.System, deps Deps) error {
+	_, err := post(ctx, p, deps)
+	return err
+}
+
+// leftovers counts what a cleanup left: problems a rerun may mend (the API server away, a
+// timeout), and objects refused for good, which no rerun of the same cleanup removes: not the
+// job's own (another owner, another job), or a delete the API server forbids.
+type leftovers struct {
+	transient, refused int
+}
+
+func (l leftovers) none() bool { return l.transient == 0 && l.refused == 0 }
+
+// post is Post, saying what it left.
+func post(ctx context.Context, p ci.System, deps Deps) (leftovers, error) {
 	d := deps.withDefaults()
 	st, ok, err := loadState(p)
 	if err != nil {
@@ -38,17 +53,17 @@ func Post(ctx context.Context, p ci.System, deps Deps) error {
 	}
 	if !ok {
 		p.Infof("Nothing to clean up: no builders are recorded for this job (none were started, or an earlier cleanup removed them).")
-		return nil
+		return leftovers{}, nil
 	}
 	if st.Removed {
 		p.Infof("Nothing to clean up: the main step failed and removed its builders itself.")
-		return nil
+		return leftovers{}, nil
 	}
 	if !st.Cleanup {
 		p.Infof("cleanup is false: leaving builder %s (pods of job %s in namespace %s). They go with the runner pod "+
 			"(owner reference), at their deadline (max-lifetime), or through the janitor (setup-ephemeral-buildkit gc).",
 			st.Builder, st.Key, st.Namespace)
-		return nil
+		return leftovers{}, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, postTimeout)
 	defer cancel()
@@ -84,14 +99,22 @@ func Post(ctx context.Context, p ci.System, deps Deps) error {
 		p.Infof("No TLS Secret recorded for this job; one the main step may have created goes with the runner pod " +
 			"(owner reference), at its deadline, or through the janitor.")
 	}
-	problems := removeJob(ctx, p, d, st, kube)
+	problems, refused := removeJob(ctx, p, d, st, kube)
+	left := leftovers{refused: len(refused)}
 	for _, problem := range problems {
 		p.Warningf("Cleanup: %v", problem)
+		var forbidden *k8sprov.ForbiddenError
+		if errors.As(problem, &forbidden) {
+			left.refused++
+		} else {
+			left.transient++
+		}
 	}
-	if len(problems) == 0 {
+	warnRefused(p, st.Namespace, refused)
+	if left.none() {
 		p.Infof("Removed builder %s and everything it used.", st.Builder)
 	}
-	return nil
+	return left, nil
 }
 
 // showLogs prints each builder's last log lines, one group per builder that exists.
@@ -107,12 +130,22 @@ func showLogs(ctx context.Context, p ci.System, kube *KubeClient, st jobState, w
 	}
 }
 
+// warnRefused names each object teardown refused to delete ("kind/name: why"), and what can
+// remove it, since no rerun of this cleanup will.
+func warnRefused(p ci.System, namespace string, refused []string) {
+	for _, obj := range refused {
+		p.Warningf("Left %s. It is not this job's to delete, so cleaning up again will not remove it; an administrator can "+
+			"(kubectl -n %s delete %s), and the janitor removes it at its deadline or when its own runner pod goes.",
+			obj, namespace, strings.SplitN(obj, ":", 2)[0])
+	}
+}
+
 // removeJob removes everything of the job in st, in the reverse order of creation: the buildx
 // builder, the pods and Secret, the local files. It tries every part whatever happened to the
 // others and returns the problems. kube may be nil (no client): the cluster part is then a
 // problem, and the owner reference, the deadline and the janitor are what remain.
-func removeJob(ctx context.Context, p ci.System, d Deps, st jobState, kube *KubeClient) []error {
-	var problems []error
+// Objects Teardown refused (not the job's) come back apart, as "kind/name: why".
+func removeJob(ctx context.Context, p ci.System, d Deps, st jobState, kube *KubeClient) (problems []error, refused []string) {
 	if st.Builder != "" && st.BuildxDir != "" {
 		if _, err := os.Stat(st.BuildxDir); err == nil {
 			rmCtx, cancel := context.WithTimeout(ctx, buildxRmTimeout)
@@ -135,16 +168,14 @@ func removeJob(ctx context.Context, p ci.System, d Deps, st jobState, kube *Kube
 		if len(report.Deleting) > 0 {
 			p.Infof("Already being deleted (draining running builds): %s", strings.Join(report.Deleting, ", "))
 		}
-		for _, skipped := range report.Skipped {
-			p.Warningf("Left %s", skipped)
-		}
+		refused = report.Skipped
 		if err != nil {
 			problems = append(problems, fmt.Errorf("deleting the builders of job %s: %w", st.Key, err))
 		}
 	}
 
 	problems = append(problems, removeLocalFiles(st)...)
-	return problems
+	return problems, refused
 }
 
 // removeLocalFiles deletes the client certificate files, the job's buildx configuration and

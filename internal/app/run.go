@@ -341,29 +341,23 @@ func runDown(ctx context.Context, args []string, d Deps) error {
 	if err != nil {
 		return err
 	}
-	warnings := &countingLogger{System: sh}
-	if err := Post(ctx, warnings, d); err != nil {
+	left, err := post(ctx, sh, d)
+	if err != nil {
 		return err
 	}
-	if warnings.warnings > 0 {
-		return fmt.Errorf("cleanup incomplete (%d warning(s) above); the state in %s is kept: run down again", warnings.warnings, *stateDir)
+	switch {
+	case left.transient > 0:
+		return fmt.Errorf("cleanup incomplete (%d problem(s) above); the state in %s is kept: run down again", left.transient+left.refused, *stateDir)
+	case left.refused > 0:
+		// A rerun of down would meet the same refusal; keeping the state would only block up.
+		err = fmt.Errorf("cleanup incomplete: %d object(s) refused (see above); running down again will not change that, so the state in %s is removed; "+
+			"what is left goes at its deadline, through the janitor, or by an administrator's hand", left.refused, *stateDir)
 	}
-	if err := os.Remove(filepath.Join(*stateDir, ci.ShellStateFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("removing the state: %w", err)
+	if rmErr := os.Remove(filepath.Join(*stateDir, ci.ShellStateFile)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
+		return errors.Join(err, fmt.Errorf("removing the state: %w", rmErr))
 	}
 	_ = os.Remove(*stateDir) // only if empty: it may be a directory the user gave
-	return nil
-}
-
-// countingLogger counts the warnings a phase issues.
-type countingLogger struct {
-	ci.System
-	warnings int
-}
-
-func (c *countingLogger) Warningf(format string, args ...any) {
-	c.warnings++
-	c.System.Warningf(format, args...)
+	return err
 }
 
 func runEnv(args []string, d Deps) error {
@@ -416,7 +410,9 @@ func runGC(ctx context.Context, args []string, d Deps) error {
 	}
 	opts.Checker = checker
 	namespace, decisions, err := CollectGarbage(ctx, opts, d)
-	if namespace != "" {
+	// No decisions at all means the builders could not be listed: there is nothing true to
+	// report about them, only the error.
+	if namespace != "" && decisions != nil {
 		if werr := WriteGCReport(d.Stdout, namespace, decisions, opts.DryRun); werr != nil {
 			err = errors.Join(err, werr)
 		}

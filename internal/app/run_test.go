@@ -12,7 +12,11 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	k8stesting "k8s.io/client-go/testing"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
@@ -209,5 +213,114 @@ func TestCollectGarbageAsksTheCISystem(t *testing.T) {
 	}
 	if pods := w.pods(); len(pods) != 1 || pods[0] != "buildkit-ssss-amd64" {
 		t.Errorf("pods after gc: %v", pods)
+	}
+}
+
+// TestRunGCReportsOnlyWhatItKnows: when the builders cannot be listed (cluster unreachable, or
+// gc run with the runners' Role, which may not list Secrets) gc says only that, and a refusal
+// names the janitor's Role, not the runners'.
+func TestRunGCReportsOnlyWhatItKnows(t *testing.T) {
+	for _, tc := range []struct {
+		name, verb, resource string
+		err                  error
+		want, notWant        []string
+	}{
+		{"unreachable", "list", "pods", errors.New("dial tcp 127.0.0.1:1: connect: connection refused"),
+			[]string{"listing managed builder pods", "connection refused"}, nil},
+		{"runners' Role", "list", "secrets", apierrors.NewForbidden(schema.GroupResource{Resource: "secrets"}, "", errors.New("RBAC: no rule")),
+			[]string{"may not list secrets", "deploy/janitor-cronjob.yaml"}, []string{"deploy/rbac.yaml"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := newWorld(t)
+			w.client.PrependReactor(tc.verb, tc.resource, func(k8stesting.Action) (bool, runtime.Object, error) {
+				return true, nil, tc.err
+			})
+			d := w.deps()
+			var out bytes.Buffer
+			d.Stdout = &out
+			err := Run(context.Background(), []string{"gc", "--namespace", "ci"}, d)
+			if err == nil {
+				t.Fatalf("gc succeeded; report:\n%s", out.String())
+			}
+			if strings.Contains(out.String(), "no builders") || strings.Contains(out.String(), "JOB KEY") {
+				t.Errorf("gc reported on builders it could not list:\n%s", out.String())
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q does not say %q", err, want)
+				}
+			}
+			for _, notWant := range tc.notWant {
+				if strings.Contains(err.Error(), notWant) {
+					t.Errorf("error %q says %q", err, notWant)
+				}
+			}
+		})
+	}
+}
+
+// TestRunDownRefused: down facing objects it is refused to delete (a pod no longer owned by the
+// runner pod, a delete the API server forbids) says what it removed and what it left and why,
+// never "everything", and does not promise that running it again helps.
+func TestRunDownRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		refuse func(t *testing.T, w *world)
+		want   string
+	}{
+		{"not owned by the runner pod", func(t *testing.T, w *world) {
+			pod, err := w.client.CoreV1().Pods("ci").Get(context.Background(), w.pods()[0], metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pod.OwnerReferences[0].UID = "uid-someone-else"
+			if _, err := w.client.CoreV1().Pods("ci").Update(context.Background(), pod, metav1.UpdateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}, "not owned by runner pod runner-abc"},
+		{"forbidden", func(t *testing.T, w *world) {
+			w.client.PrependReactor("delete", "pods", func(k8stesting.Action) (bool, runtime.Object, error) {
+				return true, nil, apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "x", errors.New("admission webhook denied"))
+			})
+		}, "may not delete pods"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			w := newWorld(t)
+			w.startKubelet(ctx)
+			stateDir := filepath.Join(t.TempDir(), "state")
+			d := w.deps()
+			var stdout, stderr bytes.Buffer
+			d.Stdout, d.Stderr = &stdout, &stderr
+			up := []string{"up", "--state-dir", stateDir, "--namespace", "ci", "--owner-pod", "runner-abc", "--platforms", "linux/amd64", "--job-id", "local-1"}
+			if err := Run(ctx, up, d); err != nil {
+				t.Fatalf("up: %v\n%s", err, stderr.String())
+			}
+			tc.refuse(t, w)
+			stderr.Reset()
+			err := Run(ctx, []string{"down", "--state-dir", stateDir}, d)
+			log := stderr.String()
+			if err == nil {
+				t.Fatalf("down succeeded though a pod was left:\n%s", log)
+			}
+			if strings.Contains(log, "everything it used") || strings.Contains(err.Error(), "run down again") {
+				t.Errorf("down claims too much: %v\n%s", err, log)
+			}
+			if !strings.Contains(log, tc.want) || !strings.Contains(err.Error(), "will not change that") {
+				t.Errorf("down does not say %q and that a rerun will not help: %v\n%s", tc.want, err, log)
+			}
+			if len(w.pods()) != 1 {
+				t.Errorf("pods after down: %v", w.pods())
+			}
+			// The state is gone: down again has nothing to do, up may start afresh.
+			stderr.Reset()
+			if err := Run(ctx, []string{"down", "--state-dir", stateDir}, d); err != nil {
+				t.Errorf("second down: %v\n%s", err, stderr.String())
+			}
+			if err := Run(ctx, up, d); err != nil && strings.Contains(err.Error(), "already up") {
+				t.Errorf("up after down: %v", err)
+			}
+		})
 	}
 }

@@ -64,7 +64,7 @@ func Main(ctx context.Context, p ci.System, deps Deps) (err error) {
 	if err != nil {
 		return err
 	}
-	if err := p.Summary(summary(result, st.Builder, plan.Owner, d.Now().Sub(started))); err != nil {
+	if err := p.Summary(summary(result, st.Builder, plan.Owner, d.Now().Sub(started), buildctlCommands(builder))); err != nil {
 		p.Warningf("%v", err)
 	}
 	if err := markReady(p, exports); err != nil {
@@ -149,7 +149,9 @@ func rollbackMain(ctx context.Context, p ci.System, d Deps, st jobState, kube *K
 		showLogs(logCtx, p, kube, st, "the step failed")
 		cancelLogs()
 	}
-	if problems := removeJob(cleanupCtx, p, d, st, kube); len(problems) > 0 {
+	problems, refused := removeJob(cleanupCtx, p, d, st, kube)
+	warnRefused(p, st.Namespace, refused)
+	if len(problems) > 0 {
 		return errors.Join(err, fmt.Errorf("removing what this step created: %w", errors.Join(problems...)))
 	}
 	// Nothing is left for the post step to remove.
@@ -356,6 +358,12 @@ func export(p ci.System, b buildx.Builder, insp buildx.Inspection, buildxDir str
 			value = value[:maxLoggedOutputSize] + "..."
 		}
 		p.Infof("output %s=%s", kv[0], value)
+	}
+	p.Infof("%s is this job's own buildx configuration: builders made earlier in the job (docker/setup-buildx-action) are not "+
+		"listed in later steps; reach one with `%s= docker buildx build --builder NAME ...`", EnvBuildxConfig, EnvBuildxConfig)
+	p.Infof("buildctl reads %s but none of the TLS settings above; reach each builder with:", EnvBuildkitHost)
+	for _, line := range buildctlCommands(b) {
+		p.Infof("  %s", line)
 	}
 	return exported, nil
 }

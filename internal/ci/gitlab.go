@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"regexp"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -148,6 +149,48 @@ func (g *GitLab) Input(name string) string {
 		}
 	}
 	return strings.TrimSpace(g.cfg.Inputs[name])
+}
+
+// buildkitClientVariables are the BUILDKIT_* variables docker buildx (v0.38) and buildctl (BuildKit
+// v0.34) read themselves: a job sets them for those tools, not as inputs of ours.
+var buildkitClientVariables = map[string]bool{
+	"BUILDKIT_HOST": true, "BUILDKIT_PROGRESS": true, "BUILDKIT_COLORS": true, "BUILDKIT_TTY_LOG_LINES": true,
+	"BUILDKIT_STEP_LOG_MAX_SIZE": true, "BUILDKIT_STEP_LOG_MAX_SPEED": true,
+}
+
+// IgnoredJobVariables returns, sorted, the input variables set in environ (os.Environ's form) that
+// this adapter does not read because the job may not set that input (JobInputs), so that the
+// job's author can be told rather than left to wonder. Empty values, and the variables BuildKit's
+// own clients read (with the default prefix), are not counted.
+func (g *GitLab) IgnoredJobVariables(environ []string) []string {
+	if g.allowed == nil {
+		return nil
+	}
+	read := map[string]bool{}
+	for name := range g.allowed {
+		read[GitLabInputVariable(g.cfg.InputPrefix, name)] = true
+	}
+	var ignored []string
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		name, ok := strings.CutPrefix(k, g.cfg.VarPrefix)
+		if !ok || !strings.HasPrefix(name, g.cfg.InputPrefix) || read[name] || buildkitClientVariables[name] || strings.TrimSpace(v) == "" {
+			continue
+		}
+		ignored = append(ignored, name)
+	}
+	sort.Strings(ignored)
+	return ignored
+}
+
+// ReadJobVariables names, sorted, the variables a job may set inputs with.
+func (g *GitLab) ReadJobVariables() []string {
+	var names []string
+	for name := range g.allowed {
+		names = append(names, GitLabInputVariable(g.cfg.InputPrefix, name))
+	}
+	sort.Strings(names)
+	return names
 }
 
 // sectionName is what GitLab accepts as a section name.

@@ -117,6 +117,32 @@ func (e *Executor) getenv(name string) string {
 	return e.Getenv(name)
 }
 
+// environ returns the function giving the stage's whole environment.
+func (e *Executor) environ() func() []string {
+	if e.Environ != nil {
+		return e.Environ
+	}
+	return environ
+}
+
+// warnIgnoredVariables tells the job's author which of the job's BUILDKIT_* variables the hook
+// does not read, and which it does: the rest are the administrator's, set on the runner.
+func warnIgnoredVariables(p *ci.GitLab, environ []string) {
+	ignored := p.IgnoredJobVariables(environ)
+	if len(ignored) == 0 {
+		return
+	}
+	read := "none: every input is set by the runner's administrator"
+	if names := p.ReadJobVariables(); len(names) > 0 {
+		read = strings.Join(names, ", ")
+	}
+	for _, name := range ignored {
+		p.Warningf("Job variable %s is not read by the builder setup: the job variables it reads are %s. Namespace, image, resources, "+
+			"node selectors and the rest are the runner administrator's (%s<NAME> in the runner's environment). "+
+			"If %s is meant for another tool, ignore this.", name, read, EnvInputPrefix, name)
+	}
+}
+
 func (e *Executor) now() time.Time {
 	if e.Now == nil {
 		return time.Now()
@@ -246,6 +272,7 @@ func (e *Executor) Prepare(ctx context.Context, hooks Hooks) error {
 	if err != nil {
 		return systemFailure(StagePrepare, err)
 	}
+	warnIgnoredVariables(p, e.environ()())
 	if err := hooks.Up(ctx, p); err != nil {
 		return configurationOrSystemFailure(StagePrepare, fmt.Errorf("creating the builders: %w", err))
 	}
@@ -270,10 +297,7 @@ func (e *Executor) Run(ctx context.Context, script, subStage string) error {
 	if err != nil {
 		return systemFailure(stage, err)
 	}
-	base := environ
-	if e.Environ != nil {
-		base = e.Environ
-	}
+	base := e.environ()
 	// The hook's own messages and the script's stderr share one stream, written from two
 	// goroutines when it is not a file.
 	stderr := &ci.LockedWriter{W: e.stderr()}

@@ -351,3 +351,52 @@ func TestStageExitCodes(t *testing.T) {
 		})
 	}
 }
+
+// TestPrepareNamesIgnoredJobVariables: a job's BUILDKIT_* variable that is not a job input is
+// named in the job log, with the names that are read; the allowed ones are read silently.
+func TestPrepareNamesIgnoredJobVariables(t *testing.T) {
+	root := t.TempDir()
+	environ := []string{
+		"PATH=" + os.Getenv("PATH"),
+		ci.GitLabCustomExecutorPrefix + "CI_JOB_ID=97",
+		ci.GitLabCustomExecutorPrefix + "BUILDKIT_PLATFORMS=linux/arm64",
+		ci.GitLabCustomExecutorPrefix + "BUILDKIT_NAMESPACE=other",
+		ci.GitLabCustomExecutorPrefix + "BUILDKIT_REQUESTS=cpu=64",
+		ci.GitLabCustomExecutorPrefix + "BUILDKIT_EMPTY=",
+		ci.GitLabCustomExecutorPrefix + "BUILDKIT_PROGRESS=plain",
+		"BUILDKIT_NOT_A_JOB_VARIABLE=x",
+	}
+	env := map[string]string{}
+	for _, kv := range environ {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	var stdout bytes.Buffer
+	e := &Executor{Settings: Settings{StateDir: root}, Getenv: func(k string) string { return env[k] },
+		Environ: func() []string { return environ }, Stdout: &stdout, Stderr: &bytes.Buffer{}}
+	var platforms, namespace string
+	hooks := HookFuncs{UpFunc: func(_ context.Context, p ci.System) error {
+		platforms, namespace = p.Input("platforms"), p.Input("namespace")
+		return nil
+	}}
+	if err := e.Dispatch(context.Background(), []string{StagePrepare}, hooks); err != nil {
+		t.Fatal(err)
+	}
+	if platforms != "linux/arm64" || namespace != "" {
+		t.Errorf("inputs read: platforms %q, namespace %q", platforms, namespace)
+	}
+	log := stdout.String()
+	for _, name := range []string{"BUILDKIT_NAMESPACE", "BUILDKIT_REQUESTS"} {
+		if !strings.Contains(log, "Job variable "+name+" is not read") {
+			t.Errorf("the job log does not name %s:\n%s", name, log)
+		}
+	}
+	if !strings.Contains(log, "the job variables it reads are BUILDKIT_PLATFORMS") {
+		t.Errorf("the job log does not say which variables are read:\n%s", log)
+	}
+	for _, name := range []string{"BUILDKIT_PLATFORMS is not read", "BUILDKIT_EMPTY", "BUILDKIT_NOT_A_JOB_VARIABLE", "BUILDKIT_PROGRESS"} {
+		if strings.Contains(log, name) {
+			t.Errorf("the job log names %s:\n%s", name, log)
+		}
+	}
+}

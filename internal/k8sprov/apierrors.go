@@ -11,13 +11,37 @@ import (
 // resource so the fix (a rule in the Role from deploy/rbac.yaml) is obvious.
 type ForbiddenError struct {
 	Verb, Resource, Namespace, Doing string
-	Err                              error
+	// Role names the Role that grants the right; empty means the runners' (RunnersRole).
+	Role string
+	Err  error
 }
 
+// Where each caller's rights are granted: the runners' Role lets a job make and remove its own
+// builders; only the janitor's Role may list Secrets.
+const (
+	RunnersRole = "the runners' Role in deploy/rbac.yaml"
+	JanitorRole = "the janitor's Role in deploy/janitor-cronjob.yaml (gc is meant to run with that Role, not the runners')"
+)
+
 func (e *ForbiddenError) Error() string {
+	role := e.Role
+	if role == "" {
+		role = RunnersRole
+	}
 	return fmt.Sprintf("%s: forbidden: the service account may not %s %s in namespace %q; "+
-		"grant it with the Role in deploy/rbac.yaml (rule: resources [%s], verbs [%s]): %v",
-		e.Doing, e.Verb, e.Resource, e.Namespace, e.Resource, e.Verb, e.Err)
+		"grant it with %s (rule: resources [%s], verbs [%s]): %v",
+		e.Doing, e.Verb, e.Resource, e.Namespace, role, e.Resource, e.Verb, e.Err)
+}
+
+// forRole points every ForbiddenError in err at role and returns err.
+func forRole(err error, role string) error {
+	for _, e := range Flatten(err) {
+		var fe *ForbiddenError
+		if errors.As(e, &fe) {
+			fe.Role = role
+		}
+	}
+	return err
 }
 
 func (e *ForbiddenError) Unwrap() error { return e.Err }

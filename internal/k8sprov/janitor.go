@@ -47,8 +47,14 @@ func JobFromAnnotations(obj metav1.Object) cijob.Identity {
 // CollectGarbage lists the managed pods and Secrets in ns, groups them by job key and deletes a
 // job's objects when its expiry has passed, its owner pod no longer exists (or has another UID),
 // or checker says the job finished. Objects without our labels are never looked at. With dryRun
-// it only reports.
+// it only reports. A nil slice with an error means the builders could not be listed: nothing was
+// judged. A refusal names the janitor's Role, whose rights the janitor needs.
 func (p *Provisioner) CollectGarbage(ctx context.Context, ns string, checker JobChecker, dryRun bool) ([]GCDecision, error) {
+	decisions, err := p.collectGarbage(ctx, ns, checker, dryRun)
+	return decisions, forRole(err, JanitorRole)
+}
+
+func (p *Provisioner) collectGarbage(ctx context.Context, ns string, checker JobChecker, dryRun bool) ([]GCDecision, error) {
 	selector := metav1.ListOptions{LabelSelector: ManagedSelector()}
 	pods, err := p.Client.CoreV1().Pods(ns).List(ctx, selector)
 	if err != nil {
@@ -86,7 +92,7 @@ func (p *Provisioner) CollectGarbage(ctx context.Context, ns string, checker Job
 	}
 	sort.Strings(keys)
 	ownerExists := map[types.UID]bool{}
-	var decisions []GCDecision
+	decisions := []GCDecision{}
 	var errs []error
 	for _, k := range keys {
 		key := JobKey(k)
@@ -126,16 +132,26 @@ func allBeingDeleted(objects []metav1.Object) bool {
 // the CI platform's answer.
 func (p *Provisioner) judge(ctx context.Context, ns string, objects []metav1.Object, checker JobChecker, ownerExists map[types.UID]bool) (bool, string, error) {
 	now := p.now()
+	var earliest time.Time
 	for _, obj := range objects {
-		if expires, ok := ExpiresAt(obj); ok && now.After(expires) {
+		expires, ok := ExpiresAt(obj)
+		if !ok {
+			continue
+		}
+		if now.After(expires) {
 			return true, fmt.Sprintf("expired at %s", expires.Format(time.RFC3339)), nil
 		}
+		if earliest.IsZero() || expires.Before(earliest) {
+			earliest = expires
+		}
 	}
+	owned := false
 	for _, obj := range objects {
 		for _, ref := range obj.GetOwnerReferences() {
 			if ref.Kind != "Pod" {
 				continue
 			}
+			owned = true
 			exists, known := ownerExists[ref.UID]
 			if !known {
 				owner, err := p.Client.CoreV1().Pods(ns).Get(ctx, ref.Name, metav1.GetOptions{})
@@ -165,5 +181,21 @@ func (p *Provisioner) judge(ctx context.Context, ns string, objects []metav1.Obj
 		}
 		return false, "the CI job is still running", nil
 	}
-	return false, "owner alive and not expired", nil
+	return false, keepReason(owned, earliest), nil
+}
+
+// keepReason says why a job's objects are kept when neither expiry, owner nor CI system ended
+// them. Objects with no owner pod (made with owner-pod: none, or orphaned when their owner was
+// deleted with the orphan policy) have only their deadline left.
+func keepReason(owned bool, expires time.Time) string {
+	switch {
+	case owned && expires.IsZero():
+		return "owner alive and not expired (no deadline)"
+	case owned:
+		return "owner alive and not expired; expires at " + expires.Format(time.RFC3339)
+	case expires.IsZero():
+		return "no owner pod and no deadline; kept until deleted by hand (down, or kubectl delete)"
+	default:
+		return "no owner pod; kept until it expires at " + expires.Format(time.RFC3339)
+	}
 }
