@@ -9,9 +9,6 @@ import (
 	"strings"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/org/setup-ephemeral-buildkit/internal/buildx"
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
@@ -96,22 +93,15 @@ func Post(ctx context.Context, p ci.Platform, deps Deps) error {
 	return nil
 }
 
-// showLogs prints each builder's last log lines, one group per builder.
+// showLogs prints each builder's last log lines, one group per builder that exists.
 func showLogs(ctx context.Context, p ci.Platform, kube *KubeClient, st jobState, why string) {
 	if kube == nil {
 		return
 	}
 	prov := &k8sprov.Provisioner{Client: kube.Client}
-	for _, pl := range st.Platforms {
-		pod := k8sprov.PodName(st.Key, pl)
-		if _, err := kube.Client.CoreV1().Pods(st.Namespace).Get(ctx, pod, metav1.GetOptions{}); apierrors.IsNotFound(err) {
-			continue // never created, or already gone
-		}
-		logCtx, cancel := context.WithTimeout(ctx, logTailTimeout)
-		lines := prov.LastLogLines(logCtx, st.Namespace, pod, logTailLines)
-		cancel()
-		end := p.Group(fmt.Sprintf("Last buildkitd log lines of %s (%s; %s)", pod, pl, why))
-		p.Infof("%s", lines)
+	for _, log := range prov.BuilderLogs(ctx, st.Namespace, st.Key, st.Platforms, logTailLines) {
+		end := p.Group(fmt.Sprintf("Last buildkitd log lines of %s (%s; %s)", log.Pod, log.Platform, why))
+		p.Infof("%s", log.Lines)
 		end()
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -22,9 +21,6 @@ import (
 // calls and one docker command, which take well under a second when the cluster answers.
 const rollbackTimeout = 7 * time.Second
 
-// builderNamePattern is buildx's rule for builder names, lower case (see package buildx).
-var builderNamePattern = regexp.MustCompile(`^[a-z][a-z0-9._-]*$`)
-
 // Main is the main phase: it reads the inputs, finds the runner pod, starts one BuildKit pod per
 // platform next to it, registers them as one buildx remote builder with a node per platform,
 // and exports the builder to later steps. What it needs to undo all that is saved as state
@@ -39,44 +35,94 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 	if err := p.SaveState(ci.StateIsPost, "true"); err != nil {
 		return fmt.Errorf("saving state for the cleanup phase: %w", err)
 	}
-
-	in, set, inputErr := readInputs(p, d.ReadFile)
-	opts, optsErr := k8sprov.ParseOptions(jobIdentity(p.Job()), in)
-	if err := errors.Join(inputErr, renameInputs(optsErr)); err != nil {
-		return fmt.Errorf("checking the inputs:\n%w", err)
-	}
-	if set.name != "" && (!builderNamePattern.MatchString(set.name) || set.name == "default") {
-		return &k8sprov.InputError{Input: InputName, Value: set.name, Err: errors.New("not a buildx builder name"),
-			Accepted: "a lower-case letter, then lower-case letters, digits, '.', '_' or '-' (not \"default\")"}
-	}
-	defaultPlatform, err := platform.Parse("linux/" + d.Arch)
-	if err != nil && len(opts.Platforms) == 0 {
-		return fmt.Errorf("no platforms input and this runner's architecture %q is not a builder platform: %w", d.Arch, err)
-	}
-
-	kube, plan, err := resolve(ctx, p, d, opts, set.kubeconfig, defaultPlatform)
+	in, err := checkInputs(p, d)
 	if err != nil {
 		return err
 	}
-	owner, namespace := plan.Owner, plan.Namespace
+	kube, plan, err := resolve(ctx, p, d, in.opts, in.set.kubeconfig, in.defaultPlatform)
+	if err != nil {
+		return err
+	}
+	st, earlierSecrets, err := recordJob(p, plan, in.set)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			err = rollbackMain(ctx, p, d, st, kube, err)
+		}
+	}()
+	result, err := startBuilders(ctx, p, d, kube, plan, &st, earlierSecrets)
+	if err != nil {
+		return err
+	}
+	builder, inspection, files, err := registerBuilder(ctx, p, d, st, result, in)
+	if err != nil {
+		return err
+	}
+	exports, err := export(p, builder, inspection, st.BuildxDir, files, in.set.use)
+	if err != nil {
+		return err
+	}
+	if err := p.Summary(summary(result, st.Builder, plan.Owner, d.Now().Sub(started))); err != nil {
+		p.Warningf("%v", err)
+	}
+	if err := markReady(p, exports); err != nil {
+		return err
+	}
+	for _, b := range result.Builders {
+		p.Infof("%s: %s (pod %s on %s), ready in %s", b.Platform, b.Endpoint, b.Pod, b.Node, formatSeconds(b.Ready.Sub(b.Created)))
+	}
+	p.Infof("Builder %s is ready in %s.", st.Builder, formatSeconds(d.Now().Sub(started)))
+	return nil
+}
+
+// mainInputs are Main's checked inputs.
+type mainInputs struct {
+	opts k8sprov.Options
+	set  settings
+	// defaultPlatform is this runner's, for an empty platforms input; zero if it has none.
+	defaultPlatform platform.Platform
+}
+
+// checkInputs reads and checks every input, and reports all problems at once.
+func checkInputs(p ci.Platform, d Deps) (mainInputs, error) {
+	in, set, inputErr := readInputs(p, d.ReadFile)
+	opts, optsErr := k8sprov.ParseOptions(jobIdentity(p.Job()), in)
+	if err := errors.Join(inputErr, renameInputs(optsErr)); err != nil {
+		return mainInputs{}, fmt.Errorf("checking the inputs:\n%w", err)
+	}
+	if set.name != "" && !buildx.ValidBuilderName(set.name) {
+		return mainInputs{}, &k8sprov.InputError{Input: InputName, Value: set.name, Err: errors.New("not a buildx builder name"),
+			Accepted: buildx.NameRule + ` (not "default")`}
+	}
+	defaultPlatform, err := platform.Parse("linux/" + d.Arch)
+	if err != nil && len(opts.Platforms) == 0 {
+		return mainInputs{}, fmt.Errorf("no platforms input and this runner's architecture %q is not a builder platform: %w", d.Arch, err)
+	}
+	return mainInputs{opts: opts, set: set, defaultPlatform: defaultPlatform}, nil
+}
+
+// recordJob names the builder and the job's local paths and saves them as state before anything
+// is created. It returns the Secrets an earlier attempt of the job recorded: a retried attempt
+// (GitLab retries prepare) replaces them.
+func recordJob(p ci.Platform, plan k8sprov.Plan, set settings) (jobState, []k8sprov.ObjectRef, error) {
 	builderName := set.name
 	if builderName == "" {
 		builderName = "buildkit-" + string(plan.Key)
 	}
-
 	if p.TempDir() == "" {
-		return errors.New("no directory for the job's certificates: the CI system gave no temporary directory")
+		return jobState{}, nil, errors.New("no directory for the job's certificates: the CI system gave no temporary directory")
 	}
 	jobDir, tlsDir, buildxDir := jobDirs(p.TempDir(), plan.Key)
-	// A retried attempt (GitLab retries prepare) finds the Secret the attempt before recorded.
 	var earlierSecrets []k8sprov.ObjectRef
-	if earlier, ok, _ := loadState(p); ok && earlier.Key == plan.Key && earlier.Namespace == namespace && earlier.Secret.UID != "" {
+	if earlier, ok, _ := loadState(p); ok && earlier.Key == plan.Key && earlier.Namespace == plan.Namespace && earlier.Secret.UID != "" {
 		earlierSecrets = append(earlierSecrets, earlier.Secret)
 	}
 	st := jobState{
-		Namespace:  namespace,
+		Namespace:  plan.Namespace,
 		Key:        plan.Key,
-		Owner:      owner,
+		Owner:      plan.Owner,
 		Builder:    builderName,
 		Platforms:  plan.Platforms,
 		JobDir:     jobDir,
@@ -86,33 +132,37 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 		Cleanup:    set.cleanup,
 	}
 	if err := st.save(p); err != nil {
-		return err
+		return jobState{}, nil, err
 	}
-	defer func() {
-		if err == nil {
-			return
-		}
-		cleanupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
-		defer cancel()
-		if ctx.Err() != nil {
-			p.Warningf("Cancelled: removing the builders of this job")
-		} else {
-			logCtx, cancelLogs := context.WithTimeout(context.WithoutCancel(ctx), logTailTimeout)
-			showLogs(logCtx, p, kube, st, "the step failed")
-			cancelLogs()
-		}
-		problems := removeJob(cleanupCtx, p, d, st, kube)
-		if len(problems) > 0 {
-			err = errors.Join(err, fmt.Errorf("removing what this step created: %w", errors.Join(problems...)))
-			return
-		}
-		// Nothing is left for the post step to remove.
-		if serr := p.SaveState(stateMainOutcome, outcomeRemoved); serr != nil {
-			p.Warningf("%v", serr)
-		}
-	}()
+	return st, earlierSecrets, nil
+}
 
-	end := p.Group(fmt.Sprintf("Starting %d BuildKit pod(s) in namespace %s", len(plan.Platforms), namespace))
+// rollbackMain removes what a failed or cancelled Main created, after showing the builders'
+// logs when it failed, and returns err with any problem doing so.
+func rollbackMain(ctx context.Context, p ci.Platform, d Deps, st jobState, kube *KubeClient, err error) error {
+	cleanupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
+	defer cancel()
+	if ctx.Err() != nil {
+		p.Warningf("Cancelled: removing the builders of this job")
+	} else {
+		logCtx, cancelLogs := context.WithTimeout(context.WithoutCancel(ctx), logTailTimeout)
+		showLogs(logCtx, p, kube, st, "the step failed")
+		cancelLogs()
+	}
+	if problems := removeJob(cleanupCtx, p, d, st, kube); len(problems) > 0 {
+		return errors.Join(err, fmt.Errorf("removing what this step created: %w", errors.Join(problems...)))
+	}
+	// Nothing is left for the post step to remove.
+	if serr := p.SaveState(stateMainOutcome, outcomeRemoved); serr != nil {
+		p.Warningf("%v", serr)
+	}
+	return err
+}
+
+// startBuilders provisions the plan's builders, printing their progress in a group. It records
+// the job's Secret in st the moment it exists, for the rollback and the post step.
+func startBuilders(ctx context.Context, p ci.Platform, d Deps, kube *KubeClient, plan k8sprov.Plan, st *jobState, earlierSecrets []k8sprov.ObjectRef) (*k8sprov.Result, error) {
+	end := p.Group(fmt.Sprintf("Starting %d BuildKit pod(s) in namespace %s", len(plan.Platforms), plan.Namespace))
 	provisioner := &k8sprov.Provisioner{
 		Client:         kube.Client,
 		Now:            d.Now,
@@ -127,19 +177,24 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 	if err != nil {
 		if ctx.Err() != nil {
 			// The provisioner reports its own deadline and a cancelled job alike.
-			return fmt.Errorf("cancelled while the builders were starting: %w", context.Cause(ctx))
+			return nil, fmt.Errorf("cancelled while the builders were starting: %w", context.Cause(ctx))
 		}
-		return fmt.Errorf("starting the builders: %w", err)
+		return nil, fmt.Errorf("starting the builders: %w", err)
 	}
+	return result, nil
+}
 
-	if err := os.MkdirAll(jobDir, 0o700); err != nil {
-		return fmt.Errorf("creating the job's directory: %w", err)
+// registerBuilder writes the client certificates and creates the buildx builder with a node per
+// builder.
+func registerBuilder(ctx context.Context, p ci.Platform, d Deps, st jobState, result *k8sprov.Result, in mainInputs) (buildx.Builder, buildx.Inspection, pki.ClientFiles, error) {
+	if err := os.MkdirAll(st.JobDir, 0o700); err != nil {
+		return buildx.Builder{}, buildx.Inspection{}, pki.ClientFiles{}, fmt.Errorf("creating the job's directory: %w", err)
 	}
-	files, err := pki.WriteClientFiles(tlsDir, result.Credentials.CACertPEM, result.Credentials.Client)
+	files, err := pki.WriteClientFiles(st.TLSDir, result.Credentials.CACertPEM, result.Credentials.Client)
 	if err != nil {
-		return err
+		return buildx.Builder{}, buildx.Inspection{}, pki.ClientFiles{}, err
 	}
-	builder := buildx.Builder{Name: builderName, Use: set.use}
+	builder := buildx.Builder{Name: st.Builder, Use: in.set.use}
 	for _, b := range result.Builders {
 		builder.Nodes = append(builder.Nodes, buildx.Node{
 			Platform:       b.Platform.String(),
@@ -148,34 +203,16 @@ func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
 			Cert:           files.Cert,
 			Key:            files.Key,
 			ServerName:     b.ServerName,
-			BuildkitdFlags: strings.Join(opts.BuildkitdFlags, " "),
+			BuildkitdFlags: strings.Join(in.opts.BuildkitdFlags, " "),
 			Pod:            b.Pod,
 			KubernetesNode: b.Node,
 		})
 	}
-	end = p.Group("Creating buildx builder " + builderName)
-	bx := &buildx.Client{Runner: d.Runner, Docker: d.Docker, BuildxConfigDir: buildxDir, Logf: p.Infof}
+	end := p.Group("Creating buildx builder " + st.Builder)
+	bx := &buildx.Client{Runner: d.Runner, Docker: d.Docker, BuildxConfigDir: st.BuildxDir, Logf: p.Infof}
 	inspection, err := bx.Create(ctx, builder)
 	end()
-	if err != nil {
-		return err
-	}
-
-	exports, err := export(p, builder, inspection, buildxDir, files, set.use)
-	if err != nil {
-		return err
-	}
-	if err := p.Summary(summary(result, builderName, owner, d.Now().Sub(started))); err != nil {
-		p.Warningf("%v", err)
-	}
-	if err := markReady(p, exports); err != nil {
-		return err
-	}
-	for _, b := range result.Builders {
-		p.Infof("%s: %s (pod %s on %s), ready in %s", b.Platform, b.Endpoint, b.Pod, b.Node, formatSeconds(b.Ready.Sub(b.Created)))
-	}
-	p.Infof("Builder %s is ready in %s.", builderName, formatSeconds(d.Now().Sub(started)))
-	return nil
+	return builder, inspection, files, err
 }
 
 // resolve connects to Kubernetes, finds the builders' namespace and the runner pod that will own
@@ -328,7 +365,7 @@ func progressPrinter(p ci.Platform, start time.Time) func(k8sprov.Progress) {
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	return func(pr k8sprov.Progress) {
-		if strings.HasPrefix(pr.Message, "event ") {
+		if pr.Kind == k8sprov.ProgressEvent {
 			key := pr.Pod + "\x00" + pr.Message
 			mu.Lock()
 			repeated := seen[key]

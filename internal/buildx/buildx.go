@@ -95,12 +95,19 @@ func (b Builder) withDefaults() Builder {
 // lower-cases names when it stores them, and BUILDX_BUILDER must match what it stored.
 var namePattern = regexp.MustCompile(`^[a-z][a-z0-9._-]*$`)
 
+// NameRule describes the names namePattern accepts, for error messages.
+const NameRule = "a lower-case letter, then lower-case letters, digits, '.', '_' or '-'"
+
+// ValidBuilderName reports whether buildx accepts name for a builder: namePattern, and not
+// "default", which buildx reserves.
+func ValidBuilderName(name string) bool { return namePattern.MatchString(name) && name != "default" }
+
 // Validate checks b (after filling in default node names) and returns every problem found.
 func (b Builder) Validate() error {
 	b = b.withDefaults()
 	var errs []error
 	if !namePattern.MatchString(b.Name) {
-		errs = append(errs, fmt.Errorf("builder name %q: want a lower-case letter, then lower-case letters, digits, '.', '_' or '-'", b.Name))
+		errs = append(errs, fmt.Errorf("builder name %q: want %s", b.Name, NameRule))
 	} else if b.Name == "default" {
 		errs = append(errs, errors.New(`builder name "default" is reserved by buildx`))
 	}
@@ -111,7 +118,7 @@ func (b Builder) Validate() error {
 	for i, n := range b.Nodes {
 		prefix := fmt.Sprintf("node %d (%s)", i, n.Name)
 		if !namePattern.MatchString(n.Name) {
-			errs = append(errs, fmt.Errorf("%s: invalid node name: want a lower-case letter, then lower-case letters, digits, '.', '_' or '-'", prefix))
+			errs = append(errs, fmt.Errorf("%s: invalid node name: want %s", prefix, NameRule))
 		}
 		if names[n.Name] {
 			errs = append(errs, fmt.Errorf("%s: duplicate node name", prefix))

@@ -2,10 +2,13 @@ package buildx
 
 import (
 	"encoding/json"
+	"flag"
 	"os"
 	"path/filepath"
 	"testing"
 )
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/ with the current output")
 
 func TestNodesJSON(t *testing.T) {
 	insp, err := ParseInspect(string(fixture(t, "inspect-running.txt")))
@@ -17,13 +20,13 @@ func TestNodesJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	golden := filepath.Join("testdata", "nodes.golden.json")
-	if os.Getenv("UPDATE_GOLDEN") != "" {
+	if *update {
 		if err := os.WriteFile(golden, []byte(got+"\n"), 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if want := string(fixture(t, "nodes.golden.json")); got+"\n" != want {
-		t.Errorf("NodesJSON =\n%s\nwant (%s; UPDATE_GOLDEN=1 rewrites it)\n%s", got, golden, want)
+		t.Errorf("NodesJSON =\n%s\nwant (%s; go test ./internal/buildx -run TestNodesJSON -update rewrites it)\n%s", got, golden, want)
 	}
 	var decoded []map[string]any
 	if err := json.Unmarshal([]byte(got), &decoded); err != nil {

@@ -2,8 +2,6 @@ package k8sprov
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"errors"
 	"fmt"
 	"time"
 
@@ -49,18 +47,5 @@ func IssueCredentials(p Plan) (*Credentials, error) {
 // ClientTLSConfig returns the client side as a tls.Config: the job's certificate, trusting only
 // this job's CA, verifying pki.ServerName.
 func (c *Credentials) ClientTLSConfig() (*tls.Config, error) {
-	cert, err := c.Client.TLSCertificate()
-	if err != nil {
-		return nil, fmt.Errorf("client TLS configuration: %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(c.CACertPEM) {
-		return nil, errors.New("client TLS configuration: CA certificate does not parse")
-	}
-	return &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      roots,
-		ServerName:   pki.ServerName,
-		MinVersion:   tls.VersionTLS12,
-	}, nil
+	return pki.ClientTLSConfig(c.CACertPEM, c.Client)
 }

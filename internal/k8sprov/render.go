@@ -1,64 +1,19 @@
 package k8sprov
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"slices"
 	"strconv"
-	"strings"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/utils/ptr"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/platform"
 )
-
-// Labels every object the provisioner creates carries. Teardown and the janitor select on them
-// and refuse to delete anything without LabelManagedBy=ManagedBy.
-const (
-	LabelName      = "app.kubernetes.io/name"
-	LabelManagedBy = "app.kubernetes.io/managed-by"
-	// LabelJobKey holds the JobKey: all objects of one job attempt.
-	LabelJobKey = reservedPrefix + "job-key"
-	// LabelArch holds the platform's Slug ("arm64", "arm-v7") on pods.
-	LabelArch = reservedPrefix + "arch"
-
-	// NameBuildkit is the value of LabelName.
-	NameBuildkit = "buildkit"
-	// ManagedBy is the value of LabelManagedBy.
-	ManagedBy = "setup-ephemeral-buildkit"
-)
-
-// Annotations with the job identity and lifetime. A person can tell from them, on any builder,
-// whose it is and until when it may live; the janitor reads AnnotationExpiresAt.
-const (
-	AnnotationCIPlatform = reservedPrefix + "ci-platform"
-	AnnotationRepository = reservedPrefix + "repository"
-	// AnnotationRepositoryID is the numeric project or repository id, which survives renames.
-	AnnotationRepositoryID = reservedPrefix + "repository-id"
-	AnnotationRunID        = reservedPrefix + "run-id"
-	AnnotationRunAttempt   = reservedPrefix + "run-attempt"
-	AnnotationJobID        = reservedPrefix + "job-id"
-	AnnotationJobName      = reservedPrefix + "job-name"
-	AnnotationCommit       = reservedPrefix + "commit"
-	AnnotationJobURL       = reservedPrefix + "job-url"
-	// AnnotationPlatform holds the full platform ("linux/arm/v7"), which a label cannot.
-	AnnotationPlatform = reservedPrefix + "platform"
-	// AnnotationCreatedAt and AnnotationExpiresAt are RFC 3339 times in UTC.
-	AnnotationCreatedAt = reservedPrefix + "created-at"
-	AnnotationExpiresAt = reservedPrefix + "expires-at"
-)
-
-// reservedPrefix is the prefix of our own label and annotation keys; user inputs may not use it.
-const reservedPrefix = "setup-ephemeral-buildkit.io/"
 
 // Fixed facts of every builder pod.
 const (
@@ -100,207 +55,10 @@ func SecretKeyCert(p platform.Platform) string { return p.Slug() + ".cert.pem" }
 // SecretKeyKey is the Secret key of the server private key of p's builder.
 func SecretKeyKey(p platform.Platform) string { return p.Slug() + ".key.pem" }
 
-// RunnerPod is the pod the CI job runs in, which owns the builders. UID is required: an owner
-// reference with a wrong UID makes the garbage collector delete the builders at once.
-type RunnerPod struct {
-	Name      string
-	Namespace string
-	UID       types.UID
-	// Annotations are the runner pod's annotations when it was looked up, for CI systems that
-	// describe the job there (GitLab's Kubernetes executor: job.runner.gitlab.com/*). Not kept
-	// in the job's state: only the main phase reads them.
-	Annotations map[string]string `json:"-"`
-}
-
-// Resolution is what the provisioner learns from the cluster before rendering.
-type Resolution struct {
-	// Namespace of the builders.
-	Namespace string
-	// Owner is the runner pod; nil exactly when Options.Owner.None is set.
-	Owner *RunnerPod
-	// DefaultPlatform is the platform of the runner pod's node, used when Options.Platforms is
-	// empty.
-	DefaultPlatform platform.Platform
-	// CreatedAt is when provisioning started; expiry annotations and certificates count from it.
-	CreatedAt time.Time
-}
-
-// Plan is everything needed to render one job's objects: validated options plus what was
-// resolved from the cluster. Build it with NewPlan.
-type Plan struct {
-	Options   Options
-	Key       JobKey
-	Namespace string
-	// Owner is nil when the builders have no owner reference.
-	Owner *RunnerPod
-	// Platforms are the platforms to provision, never empty.
-	Platforms []platform.Platform
-	CreatedAt time.Time
-}
-
-// NewPlan validates opts and the resolution against each other and returns the plan rendering
-// works from. It refuses an owner in another namespace than the builders, or without a UID,
-// because the garbage collector would delete the builders immediately.
-func NewPlan(opts Options, res Resolution) (Plan, error) {
-	if err := opts.Validate(); err != nil {
-		return Plan{}, fmt.Errorf("planning builders: %w", err)
-	}
-	if res.Namespace == "" {
-		return Plan{}, errors.New("planning builders: no namespace resolved")
-	}
-	if opts.Namespace != "" && opts.Namespace != res.Namespace {
-		return Plan{}, fmt.Errorf("planning builders: resolved namespace %q differs from input namespace %q", res.Namespace, opts.Namespace)
-	}
-	if msgs := validation.IsDNS1123Label(res.Namespace); len(msgs) > 0 {
-		return Plan{}, fmt.Errorf("planning builders: namespace %q: %v", res.Namespace, msgs)
-	}
-	switch {
-	case opts.Owner.None && res.Owner != nil:
-		return Plan{}, errors.New("planning builders: owner none was asked for, but an owner was resolved")
-	case !opts.Owner.None && res.Owner == nil:
-		return Plan{}, errors.New("planning builders: no runner pod resolved as owner (set owner to none to run without one)")
-	case res.Owner != nil:
-		owner := res.Owner
-		if owner.Name == "" || owner.UID == "" {
-			return Plan{}, fmt.Errorf("planning builders: owner %q has no name or no UID", owner.Name)
-		}
-		if owner.Namespace != res.Namespace {
-			return Plan{}, fmt.Errorf("planning builders: owner pod %s/%s is not in the builders' namespace %q; "+
-				"the garbage collector would delete the builders at once", owner.Namespace, owner.Name, res.Namespace)
-		}
-		if opts.Owner.Name != "" && opts.Owner.Name != owner.Name {
-			return Plan{}, fmt.Errorf("planning builders: resolved owner %q differs from input owner %q", owner.Name, opts.Owner.Name)
-		}
-	}
-	platforms := opts.Platforms
-	if len(platforms) == 0 {
-		if res.DefaultPlatform.IsZero() {
-			return Plan{}, errors.New("planning builders: no platforms given and no default platform resolved")
-		}
-		if err := validatePlatforms([]platform.Platform{res.DefaultPlatform}); err != nil {
-			return Plan{}, fmt.Errorf("planning builders: default platform: %w", err)
-		}
-		platforms = []platform.Platform{res.DefaultPlatform}
-	}
-	if res.CreatedAt.IsZero() {
-		return Plan{}, errors.New("planning builders: no creation time")
-	}
-	var owner *RunnerPod
-	if res.Owner != nil {
-		ownerCopy := *res.Owner
-		owner = &ownerCopy
-	}
-	return Plan{
-		Options:   opts,
-		Key:       opts.Job.Key(),
-		Namespace: res.Namespace,
-		Owner:     owner,
-		Platforms: append([]platform.Platform(nil), platforms...),
-		CreatedAt: res.CreatedAt.UTC().Truncate(time.Second),
-	}, nil
-}
-
-// ExpiresAt is when the builders' deadline ends.
-func (p Plan) ExpiresAt() time.Time { return p.CreatedAt.Add(p.Options.MaxLifetime) }
-
-// PodName returns the name of the builder pod for platform pl: "buildkit-<jobkey>-<slug>", at
-// most 30 characters, a valid DNS label.
-func (p Plan) PodName(pl platform.Platform) string { return PodName(p.Key, pl) }
-
-// PodName returns the name of the builder pod of job key for platform p.
-func PodName(key JobKey, p platform.Platform) string {
-	return "buildkit-" + string(key) + "-" + p.Slug()
-}
-
-// SecretName returns the name of this attempt's Secret, "buildkit-<jobkey>-<nonce>-tls". The
-// nonce comes from the plan's creation time: a retry of the same job gets a new Secret name, so a
-// kubelet that still caches the killed attempt's (immutable) Secret for a terminating pod can
-// never hand the old certificates to the new pod. Teardown finds Secrets by label, not by name.
-func (p Plan) SecretName() string {
-	sum := sha256.Sum256([]byte(p.CreatedAt.UTC().Format(time.RFC3339Nano)))
-	return "buildkit-" + string(p.Key) + "-" + strings.ToLower(jobKeyEncoding.EncodeToString(sum[:])[:5]) + "-tls"
-}
-
-// JobSelector returns the label selector matching exactly the objects of job key.
-func JobSelector(key JobKey) string {
-	return LabelManagedBy + "=" + ManagedBy + "," + LabelJobKey + "=" + string(key)
-}
-
-// ManagedSelector returns the label selector matching every object the provisioner created, for
-// the janitor.
-func ManagedSelector() string { return LabelManagedBy + "=" + ManagedBy }
-
-// IsManaged reports whether obj was created by the provisioner, the check teardown and the
-// janitor make before deleting anything.
-func IsManaged(obj metav1.Object) bool {
-	return obj.GetLabels()[LabelManagedBy] == ManagedBy && obj.GetLabels()[LabelJobKey] != ""
-}
-
-// ExpiresAt reads obj's expiry annotation; ok is false when it is missing or unreadable.
-func ExpiresAt(obj metav1.Object) (expires time.Time, ok bool) {
-	t, err := time.Parse(time.RFC3339, obj.GetAnnotations()[AnnotationExpiresAt])
-	return t, err == nil
-}
-
 // Endpoint returns the BuildKit address of a builder pod with the given IP, "tcp://IP:1234"
 // (IPv6 addresses in brackets).
 func Endpoint(podIP string) string {
 	return "tcp://" + net.JoinHostPort(podIP, strconv.Itoa(BuildkitPort))
-}
-
-// labels returns the labels of the job's objects: user labels first, ours over them.
-func (p Plan) labels() map[string]string {
-	labels := maps.Clone(p.Options.Labels)
-	if labels == nil {
-		labels = map[string]string{}
-	}
-	labels[LabelName] = NameBuildkit
-	labels[LabelManagedBy] = ManagedBy
-	labels[LabelJobKey] = string(p.Key)
-	return labels
-}
-
-// annotations returns the annotations of the job's objects: user annotations first, the job
-// identity and times over them. Empty identity fields are left out.
-func (p Plan) annotations() map[string]string {
-	annotations := maps.Clone(p.Options.Annotations)
-	if annotations == nil {
-		annotations = map[string]string{}
-	}
-	job := p.Options.Job
-	for key, value := range map[string]string{
-		AnnotationCIPlatform:   job.CIPlatform,
-		AnnotationRepository:   job.Repository,
-		AnnotationRepositoryID: job.RepositoryID,
-		AnnotationRunID:        job.RunID,
-		AnnotationRunAttempt:   job.RunAttempt,
-		AnnotationJobID:        job.JobID,
-		AnnotationJobName:      job.JobName,
-		AnnotationCommit:       job.Commit,
-		AnnotationJobURL:       job.URL,
-	} {
-		if value != "" {
-			annotations[key] = value
-		}
-	}
-	annotations[AnnotationCreatedAt] = p.CreatedAt.Format(time.RFC3339)
-	annotations[AnnotationExpiresAt] = p.ExpiresAt().Format(time.RFC3339)
-	return annotations
-}
-
-// ownerReferences returns the reference to the runner pod, or nil without owner. Controller and
-// BlockOwnerDeletion stay unset: the runner pod is no controller of the builders, and blocking
-// its deletion would need delete rights on it, which the runner's Role does not grant.
-func (p Plan) ownerReferences() []metav1.OwnerReference {
-	if p.Owner == nil {
-		return nil
-	}
-	return []metav1.OwnerReference{{
-		APIVersion: "v1",
-		Kind:       "Pod",
-		Name:       p.Owner.Name,
-		UID:        p.Owner.UID,
-	}}
 }
 
 // RenderSecret returns the job's Secret: the CA certificate, every builder's server key pair and,
@@ -368,11 +126,47 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 	annotations := p.annotations()
 	annotations[AnnotationPlatform] = pl.String()
 	nodeSelector, tolerations := opts.ScheduleFor(pl)
+	args, configItems := buildkitdArgs(opts, pl)
+	container := buildkitdContainer(opts, args)
+	podSecurity, secretMode := securityContexts(opts, &container)
 
-	stateDir := rootfulStateDir
-	if opts.Rootless {
-		stateDir = rootlessStateDir
-	}
+	return &corev1.Pod{
+		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name:            p.PodName(pl),
+			Namespace:       p.Namespace,
+			Labels:          labels,
+			Annotations:     annotations,
+			OwnerReferences: p.ownerReferences(),
+		},
+		Spec: corev1.PodSpec{
+			Containers:                    []corev1.Container{container},
+			RestartPolicy:                 corev1.RestartPolicyNever,
+			NodeSelector:                  nodeSelector,
+			Tolerations:                   tolerations,
+			AutomountServiceAccountToken:  ptr.To(false),
+			EnableServiceLinks:            ptr.To(false),
+			ActiveDeadlineSeconds:         ptr.To(ceilSeconds(opts.MaxLifetime)),
+			TerminationGracePeriodSeconds: ptr.To(ceilSeconds(opts.TerminationGracePeriod)),
+			SecurityContext:               podSecurity,
+			Volumes: []corev1.Volume{
+				{Name: volumeState, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: volumeSocket, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
+					Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("1Mi")),
+				}}},
+				{Name: volumeConfig, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+					SecretName:  p.SecretName(),
+					Items:       configItems,
+					DefaultMode: ptr.To(secretMode),
+				}}},
+			},
+		},
+	}, nil
+}
+
+// buildkitdArgs returns buildkitd's arguments for pl's builder and the Secret's files its
+// config volume mounts.
+func buildkitdArgs(opts Options, pl platform.Platform) ([]string, []corev1.KeyToPath) {
 	args := []string{
 		"--addr", SocketAddress,
 		"--addr", "tcp://0.0.0.0:" + strconv.Itoa(BuildkitPort),
@@ -393,9 +187,16 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 		// Without a privileged container, BuildKit cannot mount a fresh /proc for build steps.
 		args = append(args, "--oci-worker-no-process-sandbox")
 	}
-	args = append(args, opts.BuildkitdFlags...)
+	return append(args, opts.BuildkitdFlags...), configItems
+}
 
-	container := corev1.Container{
+// buildkitdContainer returns the buildkitd container with args, without its security context.
+func buildkitdContainer(opts Options, args []string) corev1.Container {
+	stateDir := rootfulStateDir
+	if opts.Rootless {
+		stateDir = rootlessStateDir
+	}
+	return corev1.Container{
 		Name:            ContainerName,
 		Image:           opts.Image,
 		ImagePullPolicy: corev1.PullIfNotPresent,
@@ -430,55 +231,22 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 		},
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 	}
+}
 
-	// Secret files are readable by their owner (root) only; the rootless user reads them through
-	// fsGroup, which also gives it the emptyDirs.
-	secretMode := int32(0o400)
-	var podSecurity *corev1.PodSecurityContext
-	if opts.Rootless {
-		secretMode = 0o440
-		podSecurity = &corev1.PodSecurityContext{FSGroup: ptr.To(int64(rootlessUID))}
-		container.SecurityContext = &corev1.SecurityContext{
-			RunAsUser:       ptr.To(int64(rootlessUID)),
-			RunAsGroup:      ptr.To(int64(rootlessUID)),
-			RunAsNonRoot:    ptr.To(true),
-			SeccompProfile:  &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined},
-			AppArmorProfile: &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined},
-		}
-	} else {
+// securityContexts sets the container's security context and returns the pod's and the mode of
+// the Secret's files. Secret files are readable by their owner (root) only; the rootless user
+// reads them through fsGroup, which also gives it the emptyDirs.
+func securityContexts(opts Options, container *corev1.Container) (*corev1.PodSecurityContext, int32) {
+	if !opts.Rootless {
 		container.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
+		return nil, 0o400
 	}
-
-	return &corev1.Pod{
-		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-		ObjectMeta: metav1.ObjectMeta{
-			Name:            p.PodName(pl),
-			Namespace:       p.Namespace,
-			Labels:          labels,
-			Annotations:     annotations,
-			OwnerReferences: p.ownerReferences(),
-		},
-		Spec: corev1.PodSpec{
-			Containers:                    []corev1.Container{container},
-			RestartPolicy:                 corev1.RestartPolicyNever,
-			NodeSelector:                  nodeSelector,
-			Tolerations:                   tolerations,
-			AutomountServiceAccountToken:  ptr.To(false),
-			EnableServiceLinks:            ptr.To(false),
-			ActiveDeadlineSeconds:         ptr.To(ceilSeconds(opts.MaxLifetime)),
-			TerminationGracePeriodSeconds: ptr.To(ceilSeconds(opts.TerminationGracePeriod)),
-			SecurityContext:               podSecurity,
-			Volumes: []corev1.Volume{
-				{Name: volumeState, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
-				{Name: volumeSocket, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
-					Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("1Mi")),
-				}}},
-				{Name: volumeConfig, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-					SecretName:  p.SecretName(),
-					Items:       configItems,
-					DefaultMode: ptr.To(secretMode),
-				}}},
-			},
-		},
-	}, nil
+	container.SecurityContext = &corev1.SecurityContext{
+		RunAsUser:       ptr.To(int64(rootlessUID)),
+		RunAsGroup:      ptr.To(int64(rootlessUID)),
+		RunAsNonRoot:    ptr.To(true),
+		SeccompProfile:  &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined},
+		AppArmorProfile: &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined},
+	}
+	return &corev1.PodSecurityContext{FSGroup: ptr.To(int64(rootlessUID))}, 0o440
 }

@@ -64,39 +64,51 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	var report TeardownReport
-	var errs []error
-	selector := metav1.ListOptions{LabelSelector: JobSelector(key)}
+	deletedPods, err := p.deletePods(ctx, ns, key, owner, opts.GracePeriod, &report)
+	if err != nil && deletedPods == nil {
+		return report, err
+	}
+	errs := []error{err, p.deleteSecrets(ctx, ns, key, owner, opts, &report)}
+	if opts.Wait && len(deletedPods) > 0 {
+		errs = append(errs, p.waitPodsGone(ctx, ns, key, deletedPods))
+	}
+	return report, errors.Join(errs...)
+}
 
+// deletePods deletes the job's pods that refuseDelete allows and returns the UIDs of those
+// deleted or already being deleted. It returns nil UIDs and the error when it cannot list them.
+func (p *Provisioner) deletePods(ctx context.Context, ns string, key JobKey, owner *RunnerPod, grace *int64, report *TeardownReport) ([]types.UID, error) {
 	var pods *corev1.PodList
 	err := retryTransient(ctx, func(ctx context.Context) (err error) {
-		pods, err = p.Client.CoreV1().Pods(ns).List(ctx, selector)
+		pods, err = p.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(key)})
 		return err
 	})
 	if err != nil {
-		return report, explainAPIError(err, "list", "pods", ns, "listing the job's builder pods")
+		return nil, explainAPIError(err, "list", "pods", ns, "listing the job's builder pods")
 	}
-	var deletedPods []types.UID
+	deleted := []types.UID{}
+	var errs []error
 	for i := range pods.Items {
 		pod := &pods.Items[i]
 		if why := refuseDelete(pod, key, owner); why != "" {
 			report.Skipped = append(report.Skipped, "pod/"+pod.Name+": "+why)
 			continue
 		}
-		if pod.DeletionTimestamp != nil && opts.GracePeriod == nil {
+		if pod.DeletionTimestamp != nil && grace == nil {
 			report.Deleting = append(report.Deleting, "pod/"+pod.Name)
-			deletedPods = append(deletedPods, pod.UID)
+			deleted = append(deleted, pod.UID)
 			continue
 		}
 		err := retryTransient(ctx, func(ctx context.Context) error {
 			return p.Client.CoreV1().Pods(ns).Delete(ctx, pod.Name, metav1.DeleteOptions{
 				Preconditions:      &metav1.Preconditions{UID: &pod.UID},
-				GracePeriodSeconds: opts.GracePeriod,
+				GracePeriodSeconds: grace,
 			})
 		})
 		switch {
 		case err == nil:
 			report.Deleted = append(report.Deleted, "pod/"+pod.Name)
-			deletedPods = append(deletedPods, pod.UID)
+			deleted = append(deleted, pod.UID)
 		case apierrors.IsNotFound(err):
 		case apierrors.IsConflict(err):
 			report.Skipped = append(report.Skipped, "pod/"+pod.Name+": replaced by another object of that name")
@@ -104,9 +116,16 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 			errs = append(errs, explainAPIError(err, "delete", "pods", ns, "deleting builder pod "+pod.Name))
 		}
 	}
+	return deleted, errors.Join(errs...)
+}
+
+// deleteSecrets deletes the Secrets opts names, and with opts.ListSecrets those of the job that
+// refuseDelete allows, each conditional on its UID.
+func (p *Provisioner) deleteSecrets(ctx context.Context, ns string, key JobKey, owner *RunnerPod, opts TeardownOptions, report *TeardownReport) error {
+	var errs []error
 	secrets := opts.Secrets
 	if opts.ListSecrets {
-		list, err := p.Client.CoreV1().Secrets(ns).List(ctx, selector)
+		list, err := p.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(key)})
 		if err != nil {
 			errs = append(errs, explainAPIError(err, "list", "secrets", ns, "listing the job's Secrets"))
 		}
@@ -136,12 +155,7 @@ func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner
 			errs = append(errs, explainAPIError(err, "delete", "secrets", ns, "deleting Secret "+secret.Name))
 		}
 	}
-	if opts.Wait && len(deletedPods) > 0 {
-		if err := p.waitPodsGone(ctx, ns, key, deletedPods); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return report, errors.Join(errs...)
+	return errors.Join(errs...)
 }
 
 // refuseDelete says why obj must not be deleted as part of job key's teardown, or "" if it may.
@@ -163,40 +177,36 @@ func refuseDelete(obj metav1.Object, key JobKey, owner *RunnerPod) string {
 	return ""
 }
 
-// waitPodsGone watches until none of the given pods exists.
+// waitPodsGone watches until none of the given pods exists. The watch survives closed watches and
+// an API server that goes away for a while (resumingWatch); only ctx ends the wait.
 func (p *Provisioner) waitPodsGone(ctx context.Context, ns string, key JobKey, uids []types.UID) error {
-	remaining := map[types.UID]bool{}
-	for _, uid := range uids {
-		remaining[uid] = true
-	}
-	list, err := p.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(key)})
+	w, err := p.watchPods(ctx, ns, key, "builder pods (waiting for them to go)")
 	if err != nil {
-		return explainAPIError(err, "list", "pods", ns, "waiting for builder pods to go")
-	}
-	present := map[types.UID]bool{}
-	for _, pod := range list.Items {
-		present[pod.UID] = true
-	}
-	for uid := range remaining {
-		if !present[uid] {
-			delete(remaining, uid)
-		}
-	}
-	if len(remaining) == 0 {
-		return nil
-	}
-	w, err := p.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: JobSelector(key), ResourceVersion: list.ResourceVersion})
-	if err != nil {
-		return explainAPIError(err, "watch", "pods", ns, "waiting for builder pods to go")
+		return err
 	}
 	defer w.Stop()
+	remaining := map[types.UID]bool{}
+	present := map[types.UID]bool{}
+	for _, obj := range w.knownSnapshot() {
+		if pod, ok := obj.(*corev1.Pod); ok {
+			present[pod.UID] = true
+		}
+	}
+	for _, uid := range uids {
+		if present[uid] {
+			remaining[uid] = true
+		}
+	}
 	for len(remaining) > 0 {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("waiting for %d builder pod(s) to go: %w", len(remaining), ctx.Err())
+			return p.waitGoneError(ctx, w, len(remaining))
 		case ev, ok := <-w.ResultChan():
 			if !ok {
-				return fmt.Errorf("watch closed while waiting for builder pods to go")
+				return p.waitGoneError(ctx, w, len(remaining))
+			}
+			if ev.Type == watch.Error {
+				return explainAPIError(apierrors.FromObject(ev.Object), "watch", "pods", ns, "waiting for builder pods to go")
 			}
 			if pod, isPod := ev.Object.(*corev1.Pod); isPod && ev.Type == watch.Deleted {
 				delete(remaining, pod.UID)
@@ -204,4 +214,13 @@ func (p *Provisioner) waitPodsGone(ctx context.Context, ns string, key JobKey, u
 		}
 	}
 	return nil
+}
+
+// waitGoneError explains why n pods were not seen to go, naming an API server that is away.
+func (p *Provisioner) waitGoneError(ctx context.Context, w *resumingWatch, n int) error {
+	if since, err := w.Away(); !since.IsZero() {
+		return fmt.Errorf("waiting for %d builder pod(s) to go: the API server has not answered for %.1fs (last error: %v): %w",
+			n, p.now().Sub(since).Seconds(), err, ctx.Err())
+	}
+	return fmt.Errorf("waiting for %d builder pod(s) to go: %w", n, ctx.Err())
 }

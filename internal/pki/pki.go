@@ -252,13 +252,23 @@ func (a *Authority) ServerTLSConfig(server KeyPair) (*tls.Config, error) {
 // ClientTLSConfig returns what the job does with its pair: present it and trust only builders
 // of this CA under ServerName.
 func (a *Authority) ClientTLSConfig(client KeyPair) (*tls.Config, error) {
+	return ClientTLSConfig(a.certPEM, client)
+}
+
+// ClientTLSConfig returns the client side of a job's mutual TLS: present client, trust only the
+// CA in caCertPEM, and verify ServerName.
+func ClientTLSConfig(caCertPEM []byte, client KeyPair) (*tls.Config, error) {
 	cert, err := client.TLSCertificate()
 	if err != nil {
 		return nil, fmt.Errorf("client TLS configuration: %w", err)
 	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caCertPEM) {
+		return nil, errors.New("client TLS configuration: CA certificate does not parse")
+	}
 	return &tls.Config{
 		Certificates: []tls.Certificate{cert},
-		RootCAs:      a.CertPool(),
+		RootCAs:      roots,
 		ServerName:   ServerName,
 		MinVersion:   tls.VersionTLS12,
 	}, nil
