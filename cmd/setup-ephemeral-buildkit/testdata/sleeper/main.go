@@ -1,0 +1,22 @@
+// Command sleeper is a build step that takes as long as its argument says (in seconds), so that
+// the fault-injection tests can disturb a build while it runs. It is static: nothing can be
+// pulled here, so the build starts FROM scratch.
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+)
+
+func main() {
+	seconds, err := strconv.ParseFloat(os.Args[1], 64)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sleeper: want seconds:", err)
+		os.Exit(2)
+	}
+	fmt.Printf("sleeping %gs\n", seconds)
+	time.Sleep(time.Duration(seconds * float64(time.Second)))
+	fmt.Println("slept")
+}
