@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"sort"
 	"strings"
@@ -115,6 +116,14 @@ func (p *Provisioner) resumingWatch(what string, list listFunc, watchFn watchFun
 	return &resumingWatch{
 		what: what, list: list, watch: watchFn, now: p.now,
 		onAway: func(what string, away time.Duration, err error) {
+			var urlErr *url.Error
+			if errors.As(err, &urlErr) {
+				err = urlErr.Err // the URL says nothing the user needs
+			}
+			if away == 0 {
+				p.progress(ProgressAPIServer, platform.Platform{}, "", "the API server does not answer (%v); watching %s again as soon as it does", err, what)
+				return
+			}
 			p.progress(ProgressAPIServer, platform.Platform{}, "", "the API server has not answered for %.1fs (%v); watching %s again as soon as it does",
 				away.Seconds(), err, what)
 		},

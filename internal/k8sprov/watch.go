@@ -13,10 +13,11 @@ import (
 )
 
 // Pauses between attempts to reach an API server that does not answer: short at first, since a
-// restarted kube-apiserver or a reset connection is usually back within a second or two.
+// restarted kube-apiserver or a reset connection is usually back within a second or two, and at
+// most a second, so that a job notices within a second that it is back.
 const (
 	rewatchMinPause = 100 * time.Millisecond
-	rewatchMaxPause = 2 * time.Second
+	rewatchMaxPause = time.Second
 	// awayReminder is how often a continuing outage is reported again.
 	awayReminder = 5 * time.Second
 )
@@ -79,7 +80,6 @@ func startResumingWatch(ctx context.Context, w *resumingWatch, resourceVersion s
 	}
 	w.events = make(chan watch.Event)
 	w.stopCh = make(chan struct{})
-	w.known = map[string]runtime.Object{}
 	ctx, cancel := context.WithCancel(ctx)
 	go func() {
 		<-w.stopCh
@@ -228,6 +228,9 @@ func (w *resumingWatch) remember(ev watch.Event) {
 	key := objectKey(ev.Object)
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.known == nil {
+		w.known = map[string]runtime.Object{}
+	}
 	if ev.Type == watch.Deleted {
 		delete(w.known, key)
 	} else {
