@@ -93,7 +93,7 @@ func newFaultWorld(ctx context.Context, t *testing.T, c *localcluster.Cluster) *
 	if err := os.WriteFile(filepath.Join(w.buildCtx, "sleeper"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	dockerfile := "FROM scratch\nCOPY sleeper /sleeper\nARG SECONDS=1\nARG NONCE\nRUN [\"/sleeper\", \"${SECONDS}\"]\n"
+	dockerfile := "FROM scratch\nCOPY sleeper /sleeper\nARG SECONDS=1\nARG NONCE\nRUN [\"/sleeper\"]\n"
 	if err := os.WriteFile(filepath.Join(w.buildCtx, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -321,6 +321,9 @@ func (w *faultWorld) nothingLeft(ctx context.Context, t *testing.T, stateDirs ..
 // fault logs one row of the suite's table.
 func fault(t *testing.T, name, sees string, seconds time.Duration) {
 	t.Helper()
+	if t.Failed() {
+		return
+	}
 	t.Logf("FAULT | %s | %s | %.1f s | nothing left", name, sees, seconds.Seconds())
 }
 
@@ -558,7 +561,7 @@ func hostPIDOf(t *testing.T, pod *corev1.Pod, comm string) int {
 func TestIntegrationFaultDuringBuild(t *testing.T) {
 	c := localcluster.ForTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel) // not defer: the parallel subtests run after this function returns
 
 	t.Run("buildkitd-crash", func(t *testing.T) {
 		t.Parallel()
@@ -681,12 +684,12 @@ func TestIntegrationFaultRunnerPodDeletedMidProvision(t *testing.T) {
 	up.wait(ctx, t)
 	out := up.out.String()
 	if up.code() == 0 {
-		// The builders may have been ready before the garbage collector came: then down cleans.
 		t.Logf("up finished before the garbage collector deleted its builders:\n%s", out)
-		requireSuccess(t, "down", w.down(ctx, t, state))
 	} else if !strings.Contains(out, "deleted") {
 		t.Errorf("up failed without saying its builder was deleted:\n%s", out)
 	}
+	// The job's after_script (the action's post step) runs down whatever up did.
+	requireSuccess(t, "down", w.down(ctx, t, state))
 	w.nothingLeft(ctx, t, state)
 	fault(t, "runner pod deleted mid-provision", firstLine(out, "deleted"), up.ended.Sub(deleted))
 }
@@ -697,7 +700,7 @@ func TestIntegrationFaultRunnerPodDeletedMidProvision(t *testing.T) {
 func TestIntegrationFaultBuilderCannotStart(t *testing.T) {
 	c := localcluster.ForTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
+	t.Cleanup(cancel) // not defer: the parallel subtests run after this function returns
 	// A registry on loopback that has no image at all.
 	registry := &http.Server{Handler: http.NotFoundHandler()}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -741,6 +744,11 @@ func TestIntegrationFaultBuilderCannotStart(t *testing.T) {
 			if up.took() > tc.within {
 				t.Errorf("up took %v to fail, want a clear error within %v", up.took(), tc.within)
 			}
+			// up removed its builders; the after_script's down removes the rest.
+			if pods, secrets, err := w.builders(ctx); err != nil || len(pods)+len(secrets) > 0 {
+				t.Errorf("left by the failed up: %d pods, Secrets %v (err %v)", len(pods), secrets, err)
+			}
+			requireSuccess(t, "down", w.down(ctx, t, state))
 			w.nothingLeft(ctx, t, state)
 			fault(t, tc.name, firstLine(out, tc.want[len(tc.want)-1]), up.took())
 		})

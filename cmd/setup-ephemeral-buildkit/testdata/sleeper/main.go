@@ -1,6 +1,7 @@
-// Command sleeper is a build step that takes as long as its argument says (in seconds), so that
-// the fault-injection tests can disturb a build while it runs. It is static: nothing can be
-// pulled here, so the build starts FROM scratch.
+// Command sleeper is a build step that takes as long as its build argument SECONDS says (the
+// build passes build arguments to RUN steps as environment), so that the fault-injection tests
+// can disturb a build while it runs. It is static: nothing can be pulled here, so the build
+// starts FROM scratch, with no shell to expand arguments.
 package main
 
 import (
@@ -11,9 +12,9 @@ import (
 )
 
 func main() {
-	seconds, err := strconv.ParseFloat(os.Args[1], 64)
+	seconds, err := strconv.ParseFloat(os.Getenv("SECONDS"), 64)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "sleeper: want seconds:", err)
+		fmt.Fprintln(os.Stderr, "sleeper: want SECONDS:", err)
 		os.Exit(2)
 	}
 	fmt.Printf("sleeping %gs\n", seconds)
