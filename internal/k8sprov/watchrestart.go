@@ -14,16 +14,23 @@ import (
 const restartRefusalWindow = 15 * time.Second
 
 // retryable reports whether the watch should try again after err: a transient failure, or a
-// refusal from an API server that was away moments ago (restartRefusalWindow).
+// refusal from an API server that was away moments ago.
 func (w *resumingWatch) retryable(err error) bool {
 	if isTransient(err) {
 		return true
 	}
-	if !apierrors.IsForbidden(err) && !apierrors.IsUnauthorized(err) {
-		return false
-	}
 	w.mu.Lock()
 	last := w.lastUnanswered
 	w.mu.Unlock()
-	return !last.IsZero() && w.now().Sub(last) < restartRefusalWindow
+	return restartRefusal(err, last, w.now())
+}
+
+// restartRefusal reports whether err is a Forbidden or Unauthorized answer within
+// restartRefusalWindow of lastUnanswered, when the API server last did not answer at all: a
+// server still starting, not a denial.
+func restartRefusal(err error, lastUnanswered, now time.Time) bool {
+	if !apierrors.IsForbidden(err) && !apierrors.IsUnauthorized(err) {
+		return false
+	}
+	return !lastUnanswered.IsZero() && now.Sub(lastUnanswered) < restartRefusalWindow
 }

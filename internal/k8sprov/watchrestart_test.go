@@ -1,6 +1,7 @@
 package k8sprov
 
 import (
+	"context"
 	"errors"
 	"net"
 	"testing"
@@ -55,5 +56,31 @@ func TestRefusalsDoNotExtendTheRestartWindow(t *testing.T) {
 	w.unanswered(apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New("no")))
 	if got := w.lastUnanswered; !got.Equal(time.Unix(1000, 0)) {
 		t.Errorf("lastUnanswered = %v after a refusal, want the outage's %v", got, time.Unix(1000, 0))
+	}
+}
+
+// Teardown's and provisioning's single calls likewise retry a refusal that follows an outage,
+// and only then.
+func TestRetryTransientRetriesARefusalRightAfterAnOutage(t *testing.T) {
+	defer func(p time.Duration) { retryPause = p }(retryPause)
+	retryPause = time.Millisecond
+	forbidden := apierrors.NewForbidden(schema.GroupResource{Resource: "pods"}, "", errors.New("cannot list resource pods"))
+	refused := &net.OpError{Op: "dial", Net: "tcp", Err: errors.New("connection refused")}
+	answers := []error{refused, forbidden, forbidden, nil}
+	calls := 0
+	err := retryTransient(context.Background(), func(context.Context) error {
+		calls++
+		return answers[calls-1]
+	})
+	if err != nil || calls != 4 {
+		t.Errorf("after an outage: err %v after %d calls, want success at the 4th", err, calls)
+	}
+	calls = 0
+	err = retryTransient(context.Background(), func(context.Context) error {
+		calls++
+		return forbidden
+	})
+	if !apierrors.IsForbidden(err) || calls != 1 {
+		t.Errorf("without an outage: err %v after %d calls, want the Forbidden at once", err, calls)
 	}
 }
