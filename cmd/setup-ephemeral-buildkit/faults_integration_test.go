@@ -12,6 +12,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -304,7 +305,7 @@ func (w *faultWorld) nothingLeft(ctx context.Context, t *testing.T, stateDirs ..
 	if pods, secrets, err := w.builders(ctx); err != nil || len(pods)+len(secrets) > 0 {
 		var names []string
 		for _, p := range pods {
-			names = append(names, p.Name)
+			names = append(names, fmt.Sprintf("%s (phase %s, deleting since %v, containers %+v)", p.Name, p.Status.Phase, p.DeletionTimestamp, p.Status.ContainerStatuses))
 		}
 		t.Errorf("left in the cluster: pods %v, Secrets %v (err %v)", names, secrets, err)
 	}
@@ -391,8 +392,12 @@ func TestIntegrationFaultAPIServerRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		requireSuccess(t, "down across an API server restart", down)
+		t.Logf("down's log:\n%s", down.out.String())
+		goneCtx, cancelGone := context.WithTimeout(ctx, time.Minute)
+		defer cancelGone()
+		gone := w.buildersGone(goneCtx, t)
 		w.nothingLeft(ctx, t, state)
-		fault(t, "kube-apiserver restarted mid-teardown", "down succeeds", down.took())
+		fault(t, "kube-apiserver restarted mid-teardown", "down succeeds in "+down.took().Round(100*time.Millisecond).String()+"; pods gone", gone.Sub(down.started))
 	})
 }
 
@@ -581,6 +586,16 @@ func TestIntegrationFaultDuringBuild(t *testing.T) {
 			t.Fatalf("the build succeeded although its buildkitd was killed:\n%s", build.out.String())
 		}
 		failedAfter := build.ended.Sub(killed)
+		// The post step comes after the kubelet has seen the crash (it reports it within a second
+		// or two); a post step that came earlier would show only the log.
+		waitFor(ctx, t, "the kubelet to report buildkitd's end", func() bool {
+			got, err := w.admin.CoreV1().Pods(w.ns).Get(ctx, pod.Name, metav1.GetOptions{})
+			if err != nil || len(got.Status.ContainerStatuses) == 0 {
+				return false
+			}
+			cs := got.Status.ContainerStatuses[0]
+			return cs.RestartCount > 0 || cs.State.Terminated != nil
+		})
 		// The post step of the failed job: the builders' last words, then cleanup.
 		down := w.down(ctx, t, state, "--job-status", "failure")
 		requireSuccess(t, "down after the crash", down)
@@ -691,6 +706,7 @@ func TestIntegrationFaultRunnerPodDeletedMidProvision(t *testing.T) {
 		var held []net.Conn
 		defer func() {
 			for _, c := range held {
+				_ = c.(*net.TCPConn).SetLinger(0)
 				c.Close()
 			}
 		}()
@@ -711,6 +727,8 @@ func TestIntegrationFaultRunnerPodDeletedMidProvision(t *testing.T) {
 		t.Fatal(err)
 	}
 	up.wait(ctx, t)
+	// Let the kubelet's pull fail, so that it can remove the pod.
+	hang.Close()
 	out := up.out.String()
 	if up.code() == 0 {
 		t.Fatalf("up succeeded although its runner pod was deleted:\n%s", out)
