@@ -15,9 +15,9 @@ import (
 // passed, so that buildkitd still gets its SIGTERM before the kill. It needs only shell builtins,
 // date and sleep, and it never fails the hook: a hook error would only add a warning event.
 //
-// It drains only when there is something to drain: when no build is connected at its first two
-// looks, half a second apart (a normal end of job, where every build step has ended), it returns
-// at once, so the pod goes in about a second instead of waiting out the quiet period. Once it
+// It drains only when there is something to drain: when no build is connected at its first look
+// (a normal end of job, where every build step has ended), it returns at once, so the pod goes
+// in about a second instead of waiting out the quiet period. Once it
 // has seen a connection, it waits for the full quiet period after the last one, as a deletion
 // in the middle of a build (a node drain, the runner pod gone, a cancel) needs.
 //
@@ -40,7 +40,7 @@ established() {
   echo "$n"
 }
 quiet_ticks=0
-need_ticks=2
+need_ticks=1
 say "waiting until no build connection has been open for ${quiet_seconds}s"
 while :; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
@@ -56,7 +56,7 @@ while :; do
   [ "$quiet_ticks" -lt "$need_ticks" ] || break
   sleep 0.5 2>/dev/null || sleep 1
 done
-if [ "$need_ticks" -eq 2 ]; then
+if [ "$need_ticks" -eq 1 ]; then
   say "no build connection open, nothing to drain, stopping"
 else
   say "no build connection for ${quiet_seconds}s, stopping"

@@ -212,8 +212,8 @@ func TestDrainReturnsAtOnceWhenNothingIsConnected(t *testing.T) {
 		if run.err != nil {
 			t.Fatalf("hook failed: %v", run.err)
 		}
-		if took := run.ended.Sub(run.started); took > 1500*time.Millisecond {
-			t.Errorf("hook with nothing to drain took %s, want about 0.5s", took)
+		if took := run.ended.Sub(run.started); took > time.Second {
+			t.Errorf("hook with nothing to drain took %s, want a single look", took)
 		}
 		if log := run.log(t); !strings.Contains(log, "nothing to drain") {
 			t.Errorf("hook log %q does not say why it stopped", log)
