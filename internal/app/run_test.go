@@ -14,6 +14,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
@@ -101,6 +102,10 @@ func TestRunUpEnvDown(t *testing.T) {
 		t.Errorf("env printed:\n%s", stdout.String())
 	}
 
+	// A state write an earlier, killed up left half done goes with the state.
+	if err := os.WriteFile(filepath.Join(stateDir, ci.ShellStateFile+".123456"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := Run(ctx, []string{"down", "--state-dir", stateDir}, d); err != nil {
 		t.Fatalf("down: %v\n%s", err, stderr.String())
 	}
