@@ -39,15 +39,7 @@ func TestIntegrationKilledAttemptsSecretIsFoundWithoutState(t *testing.T) {
 				}
 				killed = first.Secret
 			} else {
-				creds, err := IssueCredentials(plan)
-				if err != nil {
-					t.Fatal(err)
-				}
-				secret, err := RenderSecret(plan, creds)
-				if err != nil {
-					t.Fatal(err)
-				}
-				created, err := runner.CoreV1().Secrets(env.ns).Create(ctx, secret, metav1.CreateOptions{})
+				created, err := runner.CoreV1().Secrets(env.ns).Create(ctx, renderedSecret(t, plan), metav1.CreateOptions{})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -59,14 +59,7 @@ func TestSecretSlotAvoidsNamesTheEarlierPodsMount(t *testing.T) {
 // replaceLeftovers, which calls it) still deletes it, by name, without reading Secrets.
 func TestTeardownDeletesAnUnrecordedSecretByName(t *testing.T) {
 	plan := testPlan(t, Inputs{Platforms: "linux/amd64"})
-	creds, err := IssueCredentials(plan)
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret, err := RenderSecret(plan, creds)
-	if err != nil {
-		t.Fatal(err)
-	}
+	secret := renderedSecret(t, plan)
 	other := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "buildkit-otherjobkey1-0-tls", Namespace: plan.Namespace}}
 	client := fake.NewClientset(secret, other)
 	prov := &Provisioner{Client: client}
@@ -88,4 +81,18 @@ func TestTeardownDeletesAnUnrecordedSecretByName(t *testing.T) {
 	if _, err := client.CoreV1().Secrets(plan.Namespace).Get(context.Background(), other.Name, metav1.GetOptions{}); err != nil {
 		t.Errorf("another job's Secret: %v", err)
 	}
+}
+
+// renderedSecret is plan's Secret as Provision would create it.
+func renderedSecret(t *testing.T, plan Plan) *corev1.Secret {
+	t.Helper()
+	creds, err := IssueCredentials(plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret, err := RenderSecret(plan, creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return secret
 }
