@@ -34,6 +34,7 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/gitlabexec"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/syncbuf"
 )
 
 // repoRoot is the repository, seen from this package's directory (where go test runs).
@@ -255,7 +256,7 @@ type startedStage struct {
 	j              *hookJob
 	args           []string
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *syncbuf.Buffer
 	done           chan struct{} // closed once Wait returned
 	waitErr        error         // Wait's result, once done is closed
 	exited         time.Time     // when Wait returned
@@ -268,7 +269,7 @@ func (j *hookJob) start(args ...string) (*startedStage, error) {
 	cmd := exec.Command(j.w.hook, args...)
 	cmd.Env = j.env()
 	cmd.Dir = j.tmp
-	s := &startedStage{j: j, args: args, cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	s := &startedStage{j: j, args: args, cmd: cmd, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = s.stdout, s.stderr
 	// The runner starts every stage in a process group of its own.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -323,24 +324,6 @@ func (j *hookJob) stage(ctx context.Context, limit time.Duration, args ...string
 		return 0, "", "", err
 	}
 	return s.wait(ctx, limit)
-}
-
-// syncBuffer is a bytes.Buffer the test can read while a stage writes to it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // config runs config_exec and keeps job_env for the later stages.

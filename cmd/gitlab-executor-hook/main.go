@@ -34,13 +34,13 @@ func realMain() error {
 	defer stop()
 	settings, err := gitlabexec.SettingsFromEnv(os.Environ(), os.Hostname)
 	if err != nil {
-		return &gitlabexec.SystemFailureError{Stage: "reading the hook's settings", Err: err}
+		return &gitlabexec.ConfigurationError{Stage: "reading the hook's settings", Err: err}
 	}
 	settings.DriverVersion = version
 	deps := app.DefaultDeps(version)
 	hooks := gitlabexec.HookFuncs{
-		UpFunc:   func(ctx context.Context, p ci.Platform) error { return app.Main(ctx, p, deps) },
-		DownFunc: func(ctx context.Context, p ci.Platform) error { return app.Post(ctx, p, deps) },
+		UpFunc:   func(ctx context.Context, p ci.System) error { return app.Main(ctx, p, deps) },
+		DownFunc: func(ctx context.Context, p ci.System) error { return app.Post(ctx, p, deps) },
 	}
 	e := &gitlabexec.Executor{Settings: settings, Getenv: os.Getenv, Stdout: os.Stdout, Stderr: os.Stderr, Signals: signals}
 	return e.Dispatch(context.Background(), os.Args[1:], hooks)

@@ -28,6 +28,7 @@ import (
 
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/syncbuf"
 )
 
 // repoRoot is the repository, seen from this package's directory (where go test runs).
@@ -197,26 +198,9 @@ func (w *jobWorld) makeWorkspace(t *testing.T) {
 // actRun is a running act.
 type actRun struct {
 	cmd    *exec.Cmd
-	output *lockedBuffer
+	output *syncbuf.Buffer
 	done   chan struct{}
 	err    error
-}
-
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // startAct runs the e2e workflow under act in host mode (-P ubuntu-latest=-self-hosted): the
@@ -250,7 +234,7 @@ func (w *jobWorld) startAct(ctx context.Context, t *testing.T, vars map[string]s
 		"TMPDIR=" + os.TempDir(),
 	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	run := &actRun{cmd: cmd, output: &lockedBuffer{}, done: make(chan struct{})}
+	run := &actRun{cmd: cmd, output: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = run.output, run.output
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting act: %v", err)

@@ -38,6 +38,7 @@ import (
 
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/syncbuf"
 )
 
 // faultWorld is one namespace with the shipped Role bound to a "runner" ServiceAccount, a runner
@@ -112,8 +113,8 @@ func newFaultWorld(ctx context.Context, t *testing.T, c *localcluster.Cluster) *
 // cliRun is one run of the binary.
 type cliRun struct {
 	cmd     *exec.Cmd
-	out     *lockedBuffer
-	stdout  *lockedBuffer
+	out     *syncbuf.Buffer
+	stdout  *syncbuf.Buffer
 	started time.Time
 	ended   time.Time
 	done    chan struct{}
@@ -145,7 +146,7 @@ func (w *faultWorld) start(t *testing.T, env []string, name string, args ...stri
 	cmd := exec.Command(name, args...)
 	cmd.Env = append(slices.Clone(w.env), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	r := &cliRun{cmd: cmd, out: &lockedBuffer{}, stdout: &lockedBuffer{}, done: make(chan struct{})}
+	r := &cliRun{cmd: cmd, out: &syncbuf.Buffer{}, stdout: &syncbuf.Buffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = io.MultiWriter(r.out, r.stdout), r.out
 	r.started = time.Now()
 	if err := cmd.Start(); err != nil {

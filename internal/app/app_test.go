@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
@@ -28,7 +29,7 @@ func TestMainThenPost(t *testing.T) {
 
 	outputs := readEnvFile(t, w.env[ci.EnvGitHubOutput])
 	env := readEnvFile(t, w.env[ci.EnvGitHubEnv])
-	key := k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "1", JobID: "7001"}.Key()
+	key := k8sprov.KeyOf(cijob.Identity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "1", JobID: "7001"})
 	builder := "buildkit-" + string(key)
 	jobDir := filepath.Join(w.env["RUNNER_TEMP"], "setup-ephemeral-buildkit-"+string(key))
 
@@ -123,11 +124,14 @@ func TestMainReportsInputsByTheirNames(t *testing.T) {
 	w.env["INPUT_TIMEOUT"] = "soon"
 	w.env["INPUT_NODE-SELECTOR"] = "linux/arm64=pool"
 	w.env["INPUT_USE"] = "yes"
+	w.env["INPUT_OWNER-POD"] = "Runner_1"
+	// One boolean parser: the provisioner's rootless refuses what the flow's use refuses.
+	w.env["INPUT_ROOTLESS"] = "tRuE"
 	err := Main(context.Background(), w.github(), w.deps())
 	if err == nil {
 		t.Fatal("Main accepted bad inputs")
 	}
-	for _, s := range []string{`input "timeout"`, `input "node-selector"`, `input "use"`} {
+	for _, s := range []string{`input "timeout"`, `input "node-selector"`, `input "use"`, `input "owner-pod"`, `input "rootless"`, k8sprov.AcceptedBool} {
 		if !strings.Contains(err.Error(), s) {
 			t.Errorf("error lacks %s:\n%v", s, err)
 		}

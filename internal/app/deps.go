@@ -127,9 +127,12 @@ func NewKubeClient(kubeconfig string, getenv func(string) string, version string
 	)
 	switch {
 	case kubeconfig != "":
-		cfg, kc.Namespace, err = loadKubeconfig([]string{kubeconfig})
 		kc.Source = "kubeconfig " + kubeconfig
 		reason = "loading the kubeconfig input " + kubeconfig
+		// clientcmd skips a missing file silently and then reports an empty configuration.
+		if _, err = os.Stat(kubeconfig); err == nil {
+			cfg, kc.Namespace, err = loadKubeconfig([]string{kubeconfig})
+		}
 	case getenv("KUBERNETES_SERVICE_HOST") != "" && getenv("KUBERNETES_SERVICE_PORT") != "":
 		cfg, err = rest.InClusterConfig()
 		kc.Source = "the pod's service account (in-cluster)"

@@ -53,15 +53,8 @@ func CollectGarbage(ctx context.Context, opts GCOptions, deps Deps) (string, []k
 // withoutUnsupported drops, from the janitor's joined errors, those about jobs of a CI platform
 // no checker is configured for: keeping such builders until their deadline is the design.
 func withoutUnsupported(err error) error {
-	if err == nil {
-		return nil
-	}
-	list := []error{err}
-	if joined, ok := err.(interface{ Unwrap() []error }); ok {
-		list = joined.Unwrap()
-	}
 	var kept []error
-	for _, e := range list {
+	for _, e := range k8sprov.Flatten(err) {
 		if !errors.Is(e, jobstatus.ErrUnsupportedPlatform) {
 			kept = append(kept, e)
 		}

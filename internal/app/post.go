@@ -30,7 +30,7 @@ const (
 // the provisioner, and deletes the job's certificate files and buildx configuration. Every
 // problem is a warning: Post returns an error only for a context that is already done, and it
 // never fails a job over cleanup. With cleanup: false it leaves everything in place.
-func Post(ctx context.Context, p ci.Platform, deps Deps) error {
+func Post(ctx context.Context, p ci.System, deps Deps) error {
 	d := deps.withDefaults()
 	st, ok, err := loadState(p)
 	if err != nil {
@@ -61,7 +61,8 @@ func Post(ctx context.Context, p ci.Platform, deps Deps) error {
 	if kubeErr != nil {
 		p.Warningf("Connecting to Kubernetes to remove the builders: %v", kubeErr)
 	}
-	debug, _ := parseBoolDefault(InputDebug, p.Input(InputDebug), false)
+	var debug bool
+	_ = parseBoolInput(p, InputDebug, false, &debug) // Main refused a malformed one already
 	status := strings.TrimSpace(p.Input(InputJobStatus))
 	failed := !st.Ready || (status != "" && status != "success")
 	if kube != nil && (failed || debug || p.Debug()) {
@@ -94,7 +95,7 @@ func Post(ctx context.Context, p ci.Platform, deps Deps) error {
 }
 
 // showLogs prints each builder's last log lines, one group per builder that exists.
-func showLogs(ctx context.Context, p ci.Platform, kube *KubeClient, st jobState, why string) {
+func showLogs(ctx context.Context, p ci.System, kube *KubeClient, st jobState, why string) {
 	if kube == nil {
 		return
 	}
@@ -110,7 +111,7 @@ func showLogs(ctx context.Context, p ci.Platform, kube *KubeClient, st jobState,
 // builder, the pods and Secret, the local files. It tries every part whatever happened to the
 // others and returns the problems. kube may be nil (no client): the cluster part is then a
 // problem, and the owner reference, the deadline and the janitor are what remain.
-func removeJob(ctx context.Context, p ci.Platform, d Deps, st jobState, kube *KubeClient) []error {
+func removeJob(ctx context.Context, p ci.System, d Deps, st jobState, kube *KubeClient) []error {
 	var problems []error
 	if st.Builder != "" && st.BuildxDir != "" {
 		if _, err := os.Stat(st.BuildxDir); err == nil {

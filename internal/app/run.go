@@ -13,7 +13,9 @@ import (
 	"strings"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
+	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
 // Exit codes of the program.
@@ -88,8 +90,10 @@ func Run(ctx context.Context, args []string, deps Deps) error {
 		usage(d.Stdout)
 		return nil
 	}
+	err := fmt.Errorf("unknown command %q (want up, down, env, gc, version or help)", verb)
+	fmt.Fprintf(d.Stderr, "setup-ephemeral-buildkit: %v\n\n", err)
 	usage(d.Stderr)
-	return &exitError{code: ExitUsage, reported: true, err: fmt.Errorf("unknown command %q", verb)}
+	return &exitError{code: ExitUsage, reported: true, err: err}
 }
 
 func usage(w io.Writer) {
@@ -132,31 +136,31 @@ type inputFlag struct {
 
 // upFlags are the inputs of `up`, the action's inputs by the same names.
 var upFlags = []inputFlag{
-	{name: InputPlatforms, usage: "platforms, comma-separated, one builder pod each (default: this machine's architecture)"},
+	{name: k8sprov.InputPlatforms, usage: "platforms, comma-separated, one builder pod each (default: this machine's architecture)"},
 	{name: InputName, usage: "buildx builder name (default: derived from the job)"},
-	{name: InputNamespace, usage: "namespace of the builder pods (default: POD_NAMESPACE, the service account's, the kubeconfig context's)"},
-	{name: InputOwnerPod, usage: `pod that owns the builders, or "none" (default: discovered: ACTIONS_RUNNER_POD_NAME, POD_NAME, RUNNER_NAME, the host name)`},
-	{name: InputImage, usage: "BuildKit image"},
-	{name: InputRequests, usage: "resource requests of each builder, e.g. cpu=2,memory=4Gi"},
-	{name: InputLimits, usage: "resource limits of each builder, e.g. memory=8Gi"},
-	{name: InputNodeSelector, usage: "extra node labels per platform: PLATFORM=KEY=VALUE,...;... (KEY- removes a default label)"},
-	{name: InputTolerations, usage: "tolerations per platform: PLATFORM=KEY=VALUE:EFFECT,...;..."},
-	{name: InputTimeout, usage: "readiness timeout, e.g. 2m (default 120s)"},
-	{name: InputMaxLifetime, usage: "deadline of the builder pods and certificates, e.g. 6h"},
-	{name: InputTerminationGracePeriod, usage: "how long a deleted builder may finish running builds (default 900s)"},
-	{name: InputBuildkitdFlags, usage: "extra buildkitd flags"},
-	{name: InputBuildkitdConfig, usage: "path of a buildkitd.toml"},
+	{name: k8sprov.InputNamespace, usage: "namespace of the builder pods (default: POD_NAMESPACE, the service account's, the kubeconfig context's)"},
+	{name: k8sprov.InputOwnerPod, usage: `pod that owns the builders, or "none" (default: discovered: POD_NAME, the host name)`},
+	{name: k8sprov.InputImage, usage: "BuildKit image"},
+	{name: k8sprov.InputRequests, usage: "resource requests of each builder, e.g. cpu=2,memory=4Gi"},
+	{name: k8sprov.InputLimits, usage: "resource limits of each builder, e.g. memory=8Gi"},
+	{name: k8sprov.InputNodeSelector, usage: "extra node labels per platform: PLATFORM=KEY=VALUE,...;... (KEY- removes a default label)"},
+	{name: k8sprov.InputTolerations, usage: "tolerations per platform: PLATFORM=KEY=VALUE:EFFECT,...;..."},
+	{name: k8sprov.InputTimeout, usage: "readiness timeout, e.g. 2m (default 120s)"},
+	{name: k8sprov.InputMaxLifetime, usage: "deadline of the builder pods and certificates, e.g. 6h"},
+	{name: k8sprov.InputTerminationGracePeriod, usage: "how long a deleted builder may finish running builds (default 900s)"},
+	{name: k8sprov.InputBuildkitdFlags, usage: "extra buildkitd flags"},
+	{name: k8sprov.InputBuildkitdConfig, usage: "path of a buildkitd.toml"},
 	{name: InputBuildkitdConfigInline, usage: "content of a buildkitd.toml"},
-	{name: InputLabels, usage: "extra labels on the pods and Secret, KEY=VALUE,..."},
-	{name: InputAnnotations, usage: "extra annotations on the pods and Secret, KEY=VALUE,..."},
+	{name: k8sprov.InputLabels, usage: "extra labels on the pods and Secret, KEY=VALUE,..."},
+	{name: k8sprov.InputAnnotations, usage: "extra annotations on the pods and Secret, KEY=VALUE,..."},
 	{name: InputKubeconfig, usage: "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)"},
-	{name: InputRootless, usage: "run buildkitd rootless", boolean: true, def: "false"},
+	{name: k8sprov.InputRootless, usage: "run buildkitd rootless", boolean: true, def: "false"},
 	{name: InputUse, usage: "make the builder the current buildx builder and export BUILDX_BUILDER", boolean: true, def: "true"},
 	{name: InputCleanup, usage: "let down remove the builders", boolean: true, def: "true"},
 	{name: InputDebug, usage: "more log output", boolean: true, def: "false"},
 }
 
-// boolInput is a boolean flag kept as the text the inputs use.
+// boolInput is a boolean flag kept as the text the inputs use, read by the one boolean parser.
 type boolInput struct{ value *string }
 
 func (b boolInput) String() string {
@@ -167,10 +171,10 @@ func (b boolInput) String() string {
 }
 
 func (b boolInput) Set(s string) error {
-	if _, err := strconv.ParseBool(s); err != nil {
-		return fmt.Errorf("want true or false")
+	v, err := k8sprov.ParseBool(s, false)
+	if err != nil {
+		return fmt.Errorf("%q is not %s", s, k8sprov.AcceptedBool)
 	}
-	v, _ := strconv.ParseBool(s)
 	*b.value = strconv.FormatBool(v)
 	return nil
 }
@@ -179,42 +183,38 @@ func (b boolInput) IsBoolFlag() bool { return true }
 
 // jobFlags are the job identity's fields; on GitLab their defaults come from its variables.
 type jobFlags struct {
-	ciPlatform, repository, repositoryID, runID, jobID, jobName, commit, url string
+	ciPlatform, repository, repositoryID, runID, runAttempt, jobID, jobName, commit, url string
 	// explicit names the flags given on the command line.
 	explicit map[string]bool
 }
 
 func (j *jobFlags) register(fs *flag.FlagSet, d Deps) {
-	gitlab := d.Getenv("GITLAB_CI") == "true"
-	env := func(name string) string {
-		if gitlab {
-			return d.Getenv(name)
-		}
-		return ""
+	// In a GitLab job (the Kubernetes executor's before_script) the defaults are the job's own
+	// predefined variables; elsewhere there are none.
+	var defaults cijob.Identity
+	if d.Getenv("GITLAB_CI") == "true" {
+		defaults = ci.GitLabJob(d.Getenv, "")
+	} else {
+		defaults.CIPlatform = cijob.Shell
 	}
-	platformDefault := "shell"
-	jobDefault := ""
-	if gitlab {
-		platformDefault = "gitlab"
-		jobDefault = d.Getenv("CI_JOB_ID")
-	}
-	if jobDefault == "" {
+	if defaults.JobID == "" {
 		host, _ := d.Hostname()
-		jobDefault = "cli@" + host
+		defaults.JobID = "cli@" + host
 	}
-	fs.StringVar(&j.ciPlatform, "ci-platform", platformDefault, "CI system, recorded on the builders")
-	fs.StringVar(&j.repository, "repository", env("CI_PROJECT_PATH"), "repository or project, recorded on the builders")
-	fs.StringVar(&j.repositoryID, ci.JobFieldRepositoryID, env("CI_PROJECT_ID"), "numeric repository or project id, recorded on the builders (the janitor asks GitLab by it)")
-	fs.StringVar(&j.runID, "run-id", env("CI_PIPELINE_ID"), "run or pipeline id")
-	fs.StringVar(&j.jobID, "job-id", jobDefault, "job id, unique among the jobs running at the same time; with the other fields it names the builders")
-	fs.StringVar(&j.jobName, "job-name", env("CI_JOB_NAME"), "job name, recorded on the builders")
-	fs.StringVar(&j.commit, "commit", env("CI_COMMIT_SHA"), "commit being built, recorded on the builders")
-	fs.StringVar(&j.url, "job-url", env("CI_JOB_URL"), "URL of the job, recorded on the builders")
+	fs.StringVar(&j.ciPlatform, "ci-platform", defaults.CIPlatform, "CI system, recorded on the builders")
+	fs.StringVar(&j.repository, "repository", defaults.Repository, "repository or project, recorded on the builders")
+	fs.StringVar(&j.repositoryID, ci.JobFieldRepositoryID, defaults.RepositoryID, "numeric repository or project id, recorded on the builders (the janitor asks GitLab by it)")
+	fs.StringVar(&j.runID, "run-id", defaults.RunID, "run or pipeline id")
+	fs.StringVar(&j.runAttempt, "run-attempt", defaults.RunAttempt, "attempt of the run, where the CI system re-runs (GitHub); with the other fields it names the builders")
+	fs.StringVar(&j.jobID, "job-id", defaults.JobID, "job id, unique among the jobs running at the same time; with the other fields it names the builders")
+	fs.StringVar(&j.jobName, "job-name", defaults.JobName, "job name, recorded on the builders")
+	fs.StringVar(&j.commit, "commit", defaults.Commit, "commit being built, recorded on the builders")
+	fs.StringVar(&j.url, "job-url", defaults.URL, "URL of the job, recorded on the builders")
 }
 
-func (j *jobFlags) identity() ci.JobIdentity {
-	return ci.JobIdentity{CIPlatform: j.ciPlatform, Repository: j.repository, RepositoryID: j.repositoryID, RunID: j.runID,
-		JobID: j.jobID, JobName: j.jobName, Commit: j.commit, URL: j.url}
+func (j *jobFlags) identity() cijob.Identity {
+	return cijob.Identity{CIPlatform: j.ciPlatform, Repository: j.repository, RepositoryID: j.repositoryID, RunID: j.runID,
+		RunAttempt: j.runAttempt, JobID: j.jobID, JobName: j.jobName, Commit: j.commit, URL: j.url}
 }
 
 // recordExplicit notes which flags the command line set; call it after parsing.
@@ -226,11 +226,11 @@ func (j *jobFlags) recordExplicit(fs *flag.FlagSet) {
 // jobFromRunnerPod is how up refines the identity with the runner pod's annotations: on GitLab
 // (a job on the Kubernetes executor, whose pod GitLab Runner annotates with the job), the
 // job.runner.gitlab.com/* annotations override the CI/CD variables but not explicit flags.
-func (j *jobFlags) jobFromRunnerPod() func(ci.JobIdentity, map[string]string) (ci.JobIdentity, []string, []string) {
-	if j.ciPlatform != "gitlab" {
+func (j *jobFlags) jobFromRunnerPod() func(cijob.Identity, map[string]string) (cijob.Identity, []string, []string) {
+	if j.ciPlatform != cijob.GitLab {
 		return nil
 	}
-	return func(job ci.JobIdentity, annotations map[string]string) (ci.JobIdentity, []string, []string) {
+	return func(job cijob.Identity, annotations map[string]string) (cijob.Identity, []string, []string) {
 		return ci.JobFromGitLabPod(job, annotations, func(field string) bool { return j.explicit[field] })
 	}
 }
@@ -264,8 +264,10 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 		return &exitError{code: ExitUsage, reported: true, err: err}
 	}
 	if fs.NArg() > 0 {
+		err := fmt.Errorf("unexpected arguments: %s (%s takes flags only)", strings.Join(fs.Args(), " "), fs.Name())
+		fmt.Fprintf(fs.Output(), "setup-ephemeral-buildkit: %v\n\n", err)
 		fs.Usage()
-		return &exitError{code: ExitUsage, reported: true, err: fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))}
+		return &exitError{code: ExitUsage, reported: true, err: err}
 	}
 	return nil
 }
@@ -280,7 +282,8 @@ func runUp(ctx context.Context, args []string, d Deps) error {
 		*v = f.def
 		values[f.name] = v
 		if f.boolean {
-			fs.Var(boolInput{v}, f.name, f.usage+" (default "+f.def+")")
+			// PrintDefaults adds "(default ...)" itself.
+			fs.Var(boolInput{v}, f.name, f.usage)
 		} else {
 			fs.StringVar(v, f.name, f.def, f.usage)
 		}
@@ -338,7 +341,7 @@ func runDown(ctx context.Context, args []string, d Deps) error {
 	if err != nil {
 		return err
 	}
-	warnings := &countingLogger{Platform: sh}
+	warnings := &countingLogger{System: sh}
 	if err := Post(ctx, warnings, d); err != nil {
 		return err
 	}
@@ -359,13 +362,13 @@ func runDown(ctx context.Context, args []string, d Deps) error {
 
 // countingLogger counts the warnings a phase issues.
 type countingLogger struct {
-	ci.Platform
+	ci.System
 	warnings int
 }
 
 func (c *countingLogger) Warningf(format string, args ...any) {
 	c.warnings++
-	c.Platform.Warningf(format, args...)
+	c.System.Warningf(format, args...)
 }
 
 func runEnv(args []string, d Deps) error {
@@ -406,10 +409,12 @@ func runGC(ctx context.Context, args []string, d Deps) error {
 	var opts GCOptions
 	fs.StringVar(&opts.Namespace, "namespace", "", "namespace to clean (default: POD_NAMESPACE, the service account's, the kubeconfig context's)")
 	fs.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)")
-	fs.BoolVar(&opts.DryRun, "dry-run", false, "only report what would be deleted")
+	dryRun := "false"
+	fs.Var(boolInput{&dryRun}, "dry-run", "only report what would be deleted")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	opts.DryRun = dryRun == "true"
 	checker, err := jobstatus.FromEnv(d.Getenv)
 	if err != nil {
 		return fmt.Errorf("configuring the job status checks: %w", err)

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
@@ -27,11 +28,15 @@ func TestRunUsage(t *testing.T) {
 	}{
 		{nil, ExitUsage, "Usage: setup-ephemeral-buildkit COMMAND"},
 		{[]string{"frobnicate"}, ExitUsage, "Commands:"},
+		{[]string{"frobnicate"}, ExitUsage, `setup-ephemeral-buildkit: unknown command "frobnicate"`},
+		{[]string{"up", "-h"}, ExitOK, "-run-attempt"},
+		{[]string{"env", "stray"}, ExitUsage, "setup-ephemeral-buildkit: unexpected arguments: stray (env takes flags only)"},
 		{[]string{"help"}, ExitOK, "Commands:"},
 		{[]string{"version"}, ExitOK, "setup-ephemeral-buildkit v1.2.3"},
 		{[]string{"up", "-h"}, ExitOK, "-node-selector"},
 		{[]string{"up", "extra"}, ExitUsage, "unexpected arguments"},
 		{[]string{"gc", "--dry-run=maybe"}, ExitUsage, "invalid boolean"},
+		{[]string{"up", "--rootless=1"}, ExitUsage, k8sprov.AcceptedBool},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var out bytes.Buffer
@@ -43,6 +48,27 @@ func TestRunUsage(t *testing.T) {
 				t.Errorf("output lacks %q:\n%s\nerr: %v", tc.out, out.String(), err)
 			}
 		})
+	}
+}
+
+// Boolean flags name their default once (flag.PrintDefaults adds it; the usage text must not).
+func TestRunUpUsageNamesDefaultsOnce(t *testing.T) {
+	var out bytes.Buffer
+	_ = Run(context.Background(), []string{"up", "-h"}, Deps{Getenv: func(string) string { return "" }, Stdout: &out, Stderr: &out})
+	if strings.Contains(out.String(), "(default true) (default true)") || strings.Contains(out.String(), "(default false) (default false)") {
+		t.Errorf("a default printed twice:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "(default true)") {
+		t.Errorf("no boolean default shown:\n%s", out.String())
+	}
+}
+
+// A missing --kubeconfig file is named as missing, not reported as a configuration without contexts.
+func TestNewKubeClientMissingKubeconfig(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "nope.kubeconfig")
+	_, err := NewKubeClient(missing, func(string) string { return "" }, "test")
+	if err == nil || !strings.Contains(err.Error(), missing) || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("NewKubeClient(missing) = %v, want an error naming %s as not existing", err, missing)
 	}
 }
 
@@ -155,7 +181,7 @@ func TestRunGC(t *testing.T) {
 // finishedChecker says every job of its platform has finished; others are not its business.
 type finishedChecker struct{ platform string }
 
-func (c finishedChecker) JobFinished(_ context.Context, job k8sprov.JobIdentity) (bool, error) {
+func (c finishedChecker) JobFinished(_ context.Context, job cijob.Identity) (bool, error) {
 	if job.CIPlatform != c.platform {
 		return false, fmt.Errorf("platform %s: %w", job.CIPlatform, jobstatus.ErrUnsupportedPlatform)
 	}

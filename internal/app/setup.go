@@ -26,7 +26,7 @@ const rollbackTimeout = 7 * time.Second
 // and exports the builder to later steps. What it needs to undo all that is saved as state
 // before anything is created, so that Post can remove it even when Main is killed half-way.
 // When Main fails or its context is cancelled, it removes what it created before returning.
-func Main(ctx context.Context, p ci.Platform, deps Deps) (err error) {
+func Main(ctx context.Context, p ci.System, deps Deps) (err error) {
 	d := deps.withDefaults()
 	started := d.Now()
 	p.Infof("setup-ephemeral-buildkit %s", d.Version)
@@ -86,10 +86,10 @@ type mainInputs struct {
 }
 
 // checkInputs reads and checks every input, and reports all problems at once.
-func checkInputs(p ci.Platform, d Deps) (mainInputs, error) {
+func checkInputs(p ci.System, d Deps) (mainInputs, error) {
 	in, set, inputErr := readInputs(p, d.ReadFile)
-	opts, optsErr := k8sprov.ParseOptions(jobIdentity(p.Job()), in)
-	if err := errors.Join(inputErr, renameInputs(optsErr)); err != nil {
+	opts, optsErr := k8sprov.ParseOptions(p.Job(), in)
+	if err := errors.Join(inputErr, optsErr); err != nil {
 		return mainInputs{}, fmt.Errorf("checking the inputs:\n%w", err)
 	}
 	if set.name != "" && !buildx.ValidBuilderName(set.name) {
@@ -106,7 +106,7 @@ func checkInputs(p ci.Platform, d Deps) (mainInputs, error) {
 // recordJob names the builder and the job's local paths and saves them as state before anything
 // is created. It returns the Secrets an earlier attempt of the job recorded: a retried attempt
 // (GitLab retries prepare) replaces them.
-func recordJob(p ci.Platform, plan k8sprov.Plan, set settings) (jobState, []k8sprov.ObjectRef, error) {
+func recordJob(p ci.System, plan k8sprov.Plan, set settings) (jobState, []k8sprov.ObjectRef, error) {
 	builderName := set.name
 	if builderName == "" {
 		builderName = "buildkit-" + string(plan.Key)
@@ -139,7 +139,7 @@ func recordJob(p ci.Platform, plan k8sprov.Plan, set settings) (jobState, []k8sp
 
 // rollbackMain removes what a failed or cancelled Main created, after showing the builders'
 // logs when it failed, and returns err with any problem doing so.
-func rollbackMain(ctx context.Context, p ci.Platform, d Deps, st jobState, kube *KubeClient, err error) error {
+func rollbackMain(ctx context.Context, p ci.System, d Deps, st jobState, kube *KubeClient, err error) error {
 	cleanupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), rollbackTimeout)
 	defer cancel()
 	if ctx.Err() != nil {
@@ -161,7 +161,7 @@ func rollbackMain(ctx context.Context, p ci.Platform, d Deps, st jobState, kube 
 
 // startBuilders provisions the plan's builders, printing their progress in a group. It records
 // the job's Secret in st the moment it exists, for the rollback and the post step.
-func startBuilders(ctx context.Context, p ci.Platform, d Deps, kube *KubeClient, plan k8sprov.Plan, st *jobState, earlierSecrets []k8sprov.ObjectRef) (*k8sprov.Result, error) {
+func startBuilders(ctx context.Context, p ci.System, d Deps, kube *KubeClient, plan k8sprov.Plan, st *jobState, earlierSecrets []k8sprov.ObjectRef) (*k8sprov.Result, error) {
 	end := p.Group(fmt.Sprintf("Starting %d BuildKit pod(s) in namespace %s", len(plan.Platforms), plan.Namespace))
 	provisioner := &k8sprov.Provisioner{
 		Client:         kube.Client,
@@ -186,7 +186,7 @@ func startBuilders(ctx context.Context, p ci.Platform, d Deps, kube *KubeClient,
 
 // registerBuilder writes the client certificates and creates the buildx builder with a node per
 // builder.
-func registerBuilder(ctx context.Context, p ci.Platform, d Deps, st jobState, result *k8sprov.Result, in mainInputs) (buildx.Builder, buildx.Inspection, pki.ClientFiles, error) {
+func registerBuilder(ctx context.Context, p ci.System, d Deps, st jobState, result *k8sprov.Result, in mainInputs) (buildx.Builder, buildx.Inspection, pki.ClientFiles, error) {
 	if err := os.MkdirAll(st.JobDir, 0o700); err != nil {
 		return buildx.Builder{}, buildx.Inspection{}, pki.ClientFiles{}, fmt.Errorf("creating the job's directory: %w", err)
 	}
@@ -217,7 +217,7 @@ func registerBuilder(ctx context.Context, p ci.Platform, d Deps, st jobState, re
 
 // resolve connects to Kubernetes, finds the builders' namespace and the runner pod that will own
 // them, and plans the job's objects.
-func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, kubeconfig string, defaultPlatform platform.Platform) (*KubeClient, k8sprov.Plan, error) {
+func resolve(ctx context.Context, p ci.System, d Deps, opts k8sprov.Options, kubeconfig string, defaultPlatform platform.Platform) (*KubeClient, k8sprov.Plan, error) {
 	end := p.Group("Finding the runner pod")
 	defer end()
 	kube, err := d.Kube(ctx, kubeconfig)
@@ -229,6 +229,7 @@ func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, k
 	lookup := k8sprov.OwnerLookup{
 		Selection:           opts.Owner,
 		Namespace:           opts.Namespace,
+		Candidates:          p.RunnerCandidates(),
 		Getenv:              d.Getenv,
 		Hostname:            hostname,
 		ReadFile:            d.ReadFile,
@@ -262,7 +263,7 @@ func resolve(ctx context.Context, p ci.Platform, d Deps, opts k8sprov.Options, k
 // jobFromRunnerPod lets a platform whose CI system describes the job on the pod it runs in
 // (GitLab's Kubernetes executor) take the job's identity from the runner pod's annotations,
 // and returns opts with that identity. It costs no request: owner discovery read the pod.
-func jobFromRunnerPod(p ci.Platform, opts k8sprov.Options, owner *k8sprov.RunnerPod) (k8sprov.Options, error) {
+func jobFromRunnerPod(p ci.System, opts k8sprov.Options, owner *k8sprov.RunnerPod) (k8sprov.Options, error) {
 	refiner, ok := p.(ci.RunnerPodJob)
 	if !ok {
 		return opts, nil
@@ -274,8 +275,8 @@ func jobFromRunnerPod(p ci.Platform, opts k8sprov.Options, owner *k8sprov.Runner
 	if len(taken) == 0 {
 		return opts, nil
 	}
-	job := jobIdentity(p.Job())
-	if err := job.Validate(); err != nil {
+	job := p.Job()
+	if err := k8sprov.ValidateJob(job); err != nil {
 		return opts, fmt.Errorf("the job identity from the runner pod %s's annotations: %w", owner.Name, err)
 	}
 	opts.Job = job
@@ -308,7 +309,7 @@ const (
 const maxLoggedOutputSize = 4096
 
 // export sets the outputs and the environment of later steps, and returns the environment.
-func export(p ci.Platform, b buildx.Builder, insp buildx.Inspection, buildxDir string, files pki.ClientFiles, use bool) (map[string]string, error) {
+func export(p ci.System, b buildx.Builder, insp buildx.Inspection, buildxDir string, files pki.ClientFiles, use bool) (map[string]string, error) {
 	nodes, err := buildx.NodesJSON(b, insp)
 	if err != nil {
 		return nil, err
@@ -361,7 +362,7 @@ func export(p ci.Platform, b buildx.Builder, insp buildx.Inspection, buildxDir s
 
 // progressPrinter writes the provisioner's live progress, one line per change, with the time
 // since start. An event Kubernetes repeats for the same pod (its count goes up) is shown once.
-func progressPrinter(p ci.Platform, start time.Time) func(k8sprov.Progress) {
+func progressPrinter(p ci.System, start time.Time) func(k8sprov.Progress) {
 	var mu sync.Mutex
 	seen := map[string]bool{}
 	return func(pr k8sprov.Progress) {

@@ -84,7 +84,7 @@ func clientFiles(dir string) pki.ClientFiles {
 
 // save records s for Post. isPost goes first: on GitHub it is what makes the next run of the
 // program the post step, and a post step with partial state still cleans up what it can.
-func (s jobState) save(p ci.Platform) error {
+func (s jobState) save(p ci.System) error {
 	ownerName, ownerUID := "", ""
 	if s.Owner != nil {
 		ownerName, ownerUID = s.Owner.Name, string(s.Owner.UID)
@@ -115,7 +115,7 @@ func (s jobState) save(p ci.Platform) error {
 }
 
 // markReady records that Main finished, with the environment it exported.
-func markReady(p ci.Platform, exports map[string]string) error {
+func markReady(p ci.System, exports map[string]string) error {
 	data, err := json.Marshal(exports)
 	if err != nil {
 		return fmt.Errorf("encoding exports: %w", err)
@@ -130,7 +130,7 @@ func markReady(p ci.Platform, exports map[string]string) error {
 }
 
 // saveSecret records the job's TLS Secret once Provision created it.
-func (s *jobState) saveSecret(p ci.Platform, secret k8sprov.ObjectRef) error {
+func (s *jobState) saveSecret(p ci.System, secret k8sprov.ObjectRef) error {
 	s.Secret = secret
 	for _, kv := range [][2]string{{stateSecretName, secret.Name}, {stateSecretUID, string(secret.UID)}} {
 		if err := p.SaveState(kv[0], kv[1]); err != nil {
@@ -142,7 +142,7 @@ func (s *jobState) saveSecret(p ci.Platform, secret k8sprov.ObjectRef) error {
 
 // loadState reads what Main saved. ok is false when Main saved nothing (it failed before
 // creating anything). A malformed entry is an error, with what could be read.
-func loadState(p ci.Platform) (s jobState, ok bool, err error) {
+func loadState(p ci.System) (s jobState, ok bool, err error) {
 	s.Namespace = p.State(stateNamespace)
 	s.Key = k8sprov.JobKey(p.State(stateJobKey))
 	if s.Namespace == "" || s.Key == "" {

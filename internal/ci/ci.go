@@ -1,12 +1,16 @@
 // Package ci adapts the program to the CI system it runs under. The rest of the program talks to
-// one small interface, Platform: it reads inputs and the job's identity, passes state from the main
-// phase to the cleanup phase, exports outputs and environment variables to later steps, masks
-// secrets, and writes logs, collapsible log groups and a job summary.
+// one small interface, System: it reads inputs, the job's identity and the names the runner pod
+// may have, passes state from the main phase to the cleanup phase, exports outputs and
+// environment variables to later steps, masks secrets, and writes logs, collapsible log groups
+// and a job summary.
 //
-// Two adapters implement it: GitHub, which speaks the GitHub Actions runner's workflow commands
-// and environment files exactly as documented, and Shell, for the plain CLI, which prints
-// `export NAME='value'` lines and keeps state in a JSON file. Adapters know nothing about pods or
-// builders; they only move text in and out.
+// Three adapters implement it: GitHub, which speaks the GitHub Actions runner's workflow commands
+// and environment files exactly as documented; Shell, for the plain CLI, which prints
+// `export NAME='value'` lines and keeps state in a JSON file; and GitLab, a Shell that reads
+// GitLab's CI/CD variables (in a job, or prefixed with CUSTOM_ENV_ in a custom-executor stage)
+// and writes GitLab's collapsible job-log sections. Adapters know nothing about builders; they
+// only move text in and out. The one place they meet pods is the runner pod's annotations, which
+// GitLab Runner writes about the job (JobFromGitLabPod).
 //
 // Every read of the environment and every write of output goes through something injected
 // (functional options, config fields), so tests replace them; every I/O error is returned, never
@@ -17,19 +21,26 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
-// Platform is the CI system as the program sees it. Implementations are GitHub and Shell.
-type Platform interface {
+// System is the CI system as the program sees it. Implementations are GitHub, GitLab and Shell.
+type System interface {
 	Logger
 
-	// Name names the CI system: "github", "shell".
+	// Name names the CI system: cijob.GitHub, cijob.GitLab, cijob.Shell (or what the CLI's
+	// --ci-platform says).
 	Name() string
 	// Input returns the raw value of an input, trimmed, or "" when it is unset. Names are the
 	// inputs' documented names, such as "platforms" or "job-id".
 	Input(name string) string
 	// Job returns the identity of the running job.
-	Job() JobIdentity
+	Job() cijob.Identity
+	// RunnerCandidates returns, best first, the names the CI system gives the pod the job runs
+	// in (GitHub: ACTIONS_RUNNER_POD_NAME, RUNNER_NAME); the provisioner tries them after an
+	// explicit owner-pod input and before the generic POD_NAME and host name.
+	RunnerCandidates() []cijob.RunnerCandidate
 	// IsPost reports whether this run is the cleanup phase (the action's post step, the CLI's
 	// down). On GitHub it is derived from state saved by the main phase under StateIsPost.
 	IsPost() bool
@@ -65,36 +76,6 @@ type Logger interface {
 	Infof(format string, args ...any)
 	Warningf(format string, args ...any)
 	Errorf(format string, args ...any)
-}
-
-// JobIdentity says which CI job is running. Its fields mirror the provisioner's job identity,
-// plus where the job runs.
-type JobIdentity struct {
-	// CIPlatform is the Platform's Name: "github", "shell".
-	CIPlatform string
-	// Repository is the repository or project, e.g. "org/app".
-	Repository string
-	// RepositoryID is the CI system's numeric id of the repository or project
-	// (GITHUB_REPOSITORY_ID, CI_PROJECT_ID); empty when unknown.
-	RepositoryID string
-	// RunID is the workflow run or pipeline id.
-	RunID string
-	// RunAttempt is the attempt of the run; empty where the CI system has none.
-	RunAttempt string
-	// JobID identifies the job uniquely within the run attempt.
-	JobID string
-	// JobName is the job's name as the workflow spells it.
-	JobName string
-	// Commit is the commit being built.
-	Commit string
-	// URL points to the run's (or job's) page.
-	URL string
-	// RunnerName is the name of the runner executing the job (on actions-runner-controller, the
-	// runner pod's name).
-	RunnerName string
-	// RunnerPod is the runner pod's name where the CI system says it explicitly
-	// (ACTIONS_RUNNER_POD_NAME in the runner's kubernetes container mode).
-	RunnerPod string
 }
 
 // StateIsPost is the state the main phase saves so that the GitHub adapter's IsPost reports the

@@ -82,17 +82,23 @@ func formatKeyValue(name, value, delimiter string) (string, error) {
 	return name + "<<" + delimiter + "\n" + value + "\n" + delimiter + "\n", nil
 }
 
-// lockedWriter serialises writes, so that log lines from concurrent goroutines (one per builder)
-// stay whole.
-type lockedWriter struct {
+// LockedWriter serialises writes to W, so that lines from concurrent goroutines (one per
+// builder, a script's stderr and the hook's own messages) stay whole. It is the program's one
+// locked writer.
+type LockedWriter struct {
 	mu sync.Mutex
-	w  io.Writer
+	W  io.Writer
+}
+
+// Write writes p to W in one call, holding the lock.
+func (l *LockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.W.Write(p)
 }
 
 // write writes s in one call.
-func (l *lockedWriter) write(s string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	_, err := io.WriteString(l.w, s)
+func (l *LockedWriter) write(s string) error {
+	_, err := l.Write([]byte(s))
 	return err
 }

@@ -6,6 +6,8 @@ import (
 	"os"
 	"strings"
 	"sync"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // Environment variables the GitHub runner sets for a step.
@@ -16,6 +18,10 @@ const (
 	EnvGitHubStepSummary = "GITHUB_STEP_SUMMARY"
 	EnvRunnerDebug       = "RUNNER_DEBUG"
 	EnvRunnerTemp        = "RUNNER_TEMP"
+	// EnvRunnerName is the runner's name; on actions-runner-controller, the runner pod's.
+	EnvRunnerName = "RUNNER_NAME"
+	// EnvActionsRunnerPodName is the runner pod's name in the runner's kubernetes container mode.
+	EnvActionsRunnerPodName = "ACTIONS_RUNNER_POD_NAME"
 )
 
 // InputJobID is the action's input carrying the job's check-run id (`${{ job.check_run_id }}`),
@@ -25,15 +31,15 @@ const InputJobID = "job-id"
 // maxSummaryBytes is the runner's limit on one step's job summary.
 const maxSummaryBytes = 1024 * 1024
 
-// GitHub is the Platform of a GitHub Actions step (also under actions-runner-controller and act).
+// GitHub is the System of a GitHub Actions step (also under actions-runner-controller and act).
 // Build it with NewGitHub.
 type GitHub struct {
 	getenv func(string) string
-	out    *lockedWriter
+	out    *LockedWriter
 	random io.Reader
 }
 
-var _ Platform = (*GitHub)(nil)
+var _ System = (*GitHub)(nil)
 
 // GitHubOption configures NewGitHub.
 type GitHubOption func(*GitHub)
@@ -46,7 +52,7 @@ func WithGetenv(getenv func(string) string) GitHubOption {
 // WithWriter makes the adapter write logs and workflow commands to w (default os.Stdout), which
 // the runner reads.
 func WithWriter(w io.Writer) GitHubOption {
-	return func(g *GitHub) { g.out = &lockedWriter{w: w} }
+	return func(g *GitHub) { g.out = &LockedWriter{W: w} }
 }
 
 // WithRandom makes the adapter draw heredoc delimiters from r (default crypto/rand.Reader).
@@ -56,7 +62,7 @@ func WithRandom(r io.Reader) GitHubOption {
 
 // NewGitHub returns the GitHub adapter.
 func NewGitHub(opts ...GitHubOption) *GitHub {
-	g := &GitHub{getenv: os.Getenv, out: &lockedWriter{w: os.Stdout}, random: defaultRandom()}
+	g := &GitHub{getenv: os.Getenv, out: &LockedWriter{W: os.Stdout}, random: defaultRandom()}
 	for _, opt := range opts {
 		opt(g)
 	}
@@ -64,7 +70,7 @@ func NewGitHub(opts ...GitHubOption) *GitHub {
 }
 
 // Name returns "github".
-func (g *GitHub) Name() string { return "github" }
+func (g *GitHub) Name() string { return cijob.GitHub }
 
 // Input returns INPUT_<NAME>, where NAME is name upper-cased with spaces replaced by underscores
 // (hyphens are kept: input "job-id" is INPUT_JOB-ID), trimmed of surrounding white space.
@@ -73,16 +79,16 @@ func (g *GitHub) Input(name string) string {
 	return strings.TrimSpace(g.getenv(key))
 }
 
-// Job reads the job's identity from the runner's environment: GITHUB_REPOSITORY, GITHUB_RUN_ID,
-// GITHUB_RUN_ATTEMPT, GITHUB_JOB, GITHUB_SHA, RUNNER_NAME, ACTIONS_RUNNER_POD_NAME, and the job-id
+// Job reads the job's identity from the runner's environment: GITHUB_REPOSITORY,
+// GITHUB_REPOSITORY_ID, GITHUB_RUN_ID, GITHUB_RUN_ATTEMPT, GITHUB_JOB, GITHUB_SHA, and the job-id
 // input for JobID. URL is the run attempt's page,
 // GITHUB_SERVER_URL/GITHUB_REPOSITORY/actions/runs/GITHUB_RUN_ID/attempts/GITHUB_RUN_ATTEMPT.
 //
 // When the job-id input is empty (a runner too old for job.check_run_id, or act), JobID falls
 // back to GITHUB_JOB and RUNNER_NAME joined by "@": unique among the jobs of a run attempt that
 // run at the same time, since a runner runs one job at a time.
-func (g *GitHub) Job() JobIdentity {
-	id := JobIdentity{
+func (g *GitHub) Job() cijob.Identity {
+	id := cijob.Identity{
 		CIPlatform:   g.Name(),
 		Repository:   g.getenv("GITHUB_REPOSITORY"),
 		RepositoryID: g.getenv("GITHUB_REPOSITORY_ID"),
@@ -91,13 +97,11 @@ func (g *GitHub) Job() JobIdentity {
 		JobID:        g.Input(InputJobID),
 		JobName:      g.getenv("GITHUB_JOB"),
 		Commit:       g.getenv("GITHUB_SHA"),
-		RunnerName:   g.getenv("RUNNER_NAME"),
-		RunnerPod:    g.getenv("ACTIONS_RUNNER_POD_NAME"),
 	}
 	if id.JobID == "" {
 		id.JobID = id.JobName
-		if id.RunnerName != "" {
-			id.JobID += "@" + id.RunnerName
+		if runner := g.getenv(EnvRunnerName); runner != "" {
+			id.JobID += "@" + runner
 		}
 	}
 	if server := strings.TrimRight(g.getenv("GITHUB_SERVER_URL"), "/"); server != "" && id.Repository != "" && id.RunID != "" {
@@ -107,6 +111,18 @@ func (g *GitHub) Job() JobIdentity {
 		}
 	}
 	return id
+}
+
+// RunnerCandidates returns ACTIONS_RUNNER_POD_NAME (set in the runner's kubernetes container
+// mode), then RUNNER_NAME (on actions-runner-controller, the runner pod's name), where set.
+func (g *GitHub) RunnerCandidates() []cijob.RunnerCandidate {
+	var list []cijob.RunnerCandidate
+	for _, env := range []string{EnvActionsRunnerPodName, EnvRunnerName} {
+		if name := strings.TrimSpace(g.getenv(env)); name != "" {
+			list = append(list, cijob.RunnerCandidate{Name: name, Source: env})
+		}
+	}
+	return list
 }
 
 // IsPost reports whether the main step saved StateIsPost, which makes this run the post step.

@@ -7,9 +7,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // fixedRandom yields delimiters ghadelimiter_0000..., ghadelimiter_0101..., one per call.
@@ -309,7 +312,7 @@ func TestGitHubJob(t *testing.T) {
 	}
 	t.Run("full", func(t *testing.T) {
 		f := newGitHubFixture(t, base)
-		want := JobIdentity{
+		want := cijob.Identity{
 			CIPlatform: "github",
 			Repository: "org/app",
 			RunID:      "9876543210",
@@ -318,11 +321,23 @@ func TestGitHubJob(t *testing.T) {
 			JobName:    "image",
 			Commit:     "0123456789abcdef0123456789abcdef01234567",
 			URL:        "https://github.example/org/app/actions/runs/9876543210/attempts/2",
-			RunnerName: "arc-runner-x7k2p-runner-abcde",
-			RunnerPod:  "arc-runner-x7k2p-runner-abcde",
 		}
 		if got := f.gh.Job(); got != want {
 			t.Errorf("Job() =\n%+v\nwant\n%+v", got, want)
+		}
+	})
+	t.Run("runner candidates", func(t *testing.T) {
+		env := clone(base)
+		env["ACTIONS_RUNNER_POD_NAME"] = "workflow-pod"
+		f := newGitHubFixture(t, env)
+		want := []cijob.RunnerCandidate{{Name: "workflow-pod", Source: "ACTIONS_RUNNER_POD_NAME"}, {Name: "arc-runner-x7k2p-runner-abcde", Source: "RUNNER_NAME"}}
+		if got := f.gh.RunnerCandidates(); !slices.Equal(got, want) {
+			t.Errorf("RunnerCandidates() = %+v, want %+v", got, want)
+		}
+		delete(env, "ACTIONS_RUNNER_POD_NAME")
+		delete(env, "RUNNER_NAME")
+		if got := f.gh.RunnerCandidates(); len(got) != 0 {
+			t.Errorf("RunnerCandidates() without the variables = %+v, want none", got)
 		}
 	})
 	t.Run("no job-id falls back to job and runner", func(t *testing.T) {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // GitLabCustomExecutorPrefix prefixes every CI/CD variable in the environment of a GitLab Runner
@@ -23,32 +25,32 @@ type GitLabConfig struct {
 	// Getenv reads the environment the CI/CD variables are in; nil means os.Getenv.
 	Getenv func(string) string
 	// VarPrefix prefixes every CI/CD variable: GitLabCustomExecutorPrefix in a custom-executor
-	// stage, "" in the job's own shell (the Kubernetes executor's before_script).
+	// stage, "" in the job's own shell.
 	VarPrefix string
 	// InputPrefix prefixes the variables that carry inputs; empty means DefaultGitLabInputPrefix.
 	InputPrefix string
-	// Inputs are the inputs set by whoever runs the program — the runner's administrator for the
-	// custom-executor hook, the command line for the CLI — by their documented names.
+	// Inputs are the inputs the runner's administrator set for the custom-executor hook, by
+	// their documented names.
 	Inputs map[string]string
 	// JobInputs names the inputs a job may set through its CI/CD variables, overriding Inputs.
-	// Nil means every input (the CLI, where the job runs the program itself anyway); the
-	// custom-executor hook, which runs with the runner's rights, allows only a few.
+	// Nil means every input; the custom-executor hook, which runs with the runner's rights,
+	// allows only a few.
 	JobInputs []string
 	// Job is the job's identity; a zero Job means GitLabJob(Getenv, VarPrefix). CIPlatform is
-	// always "gitlab".
-	Job JobIdentity
-	// Post marks the cleanup phase (the hook's cleanup stage, the CLI's down).
+	// always cijob.GitLab.
+	Job cijob.Identity
+	// Post marks the cleanup phase (the hook's cleanup stage).
 	Post bool
 	// StateDir keeps state between phases, as for the Shell adapter (ShellStateFile).
 	StateDir string
 	// Exports receives `export NAME='value'` lines, as for the Shell adapter: the hook points it
 	// at the job's env file, which its run stage loads into every script's environment (see
-	// ParseExports); the CLI at the file its before_script sources.
+	// ParseExports).
 	Exports io.Writer
 	// OutputPrefix prefixes outputs' variable names; empty means DefaultShellOutputPrefix.
 	OutputPrefix string
-	// Log receives log lines; nil discards them. It is the job log in a job and in the hook's
-	// prepare and run stages, the runner's own log in the cleanup stage.
+	// Log receives log lines; nil discards them. It is the job log in the hook's prepare stage,
+	// the runner's own log in the cleanup stage.
 	Log io.Writer
 	// Sections makes Group write GitLab's collapsible job-log sections; without it Group writes
 	// "==> title" as the Shell adapter does (the runner's log shows no sections).
@@ -60,10 +62,12 @@ type GitLabConfig struct {
 	TempDir string
 }
 
-// GitLab is the Platform of a GitLab CI job: inputs from CI/CD variables (and the runner's
-// settings), the identity from GitLab's predefined variables, and exports, state and logs as
-// the Shell adapter has them, with collapsible sections in the job log. Build it with
-// NewGitLab.
+// GitLab is the System of a GitLab CI job as the custom-executor hook (package gitlabexec) sees
+// it: inputs from the runner's settings and, where allowed, the job's CI/CD variables; the
+// identity from GitLab's predefined variables; exports, state and logs as the Shell adapter has
+// them, with collapsible sections in the job log. The CLI in a GitLab job (the Kubernetes
+// executor's before_script) uses the Shell adapter with GitLabJob's identity instead: its
+// inputs are its flags. Build it with NewGitLab.
 type GitLab struct {
 	*Shell
 	getenv   func(string) string
@@ -74,7 +78,7 @@ type GitLab struct {
 	sections int
 }
 
-var _ Platform = (*GitLab)(nil)
+var _ System = (*GitLab)(nil)
 
 // NewGitLab returns the GitLab adapter, with the state a previous phase saved in cfg.StateDir.
 func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
@@ -85,10 +89,10 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 		cfg.InputPrefix = DefaultGitLabInputPrefix
 	}
 	job := cfg.Job
-	if job == (JobIdentity{}) {
+	if job == (cijob.Identity{}) {
 		job = GitLabJob(cfg.Getenv, cfg.VarPrefix)
 	}
-	job.CIPlatform = "gitlab"
+	job.CIPlatform = cijob.GitLab
 	shell, err := NewShell(ShellConfig{
 		Job: job, Post: cfg.Post, StateDir: cfg.StateDir, Exports: cfg.Exports, OutputPrefix: cfg.OutputPrefix,
 		Log: cfg.Log, Debug: cfg.Getenv(cfg.VarPrefix+"CI_DEBUG_TRACE") == "true", TempDir: cfg.TempDir,
@@ -110,14 +114,15 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 }
 
 // GitLabJob reads a GitLab job's identity from its predefined CI/CD variables, each prefixed by
-// prefix: CI_PROJECT_PATH, CI_PROJECT_ID, CI_PIPELINE_ID, CI_JOB_ID, CI_JOB_NAME, CI_COMMIT_SHA, CI_JOB_URL.
-// GitLab has no run attempts: a retried job is a new job with a new id. The CLI fills its
-// Shell adapter's Job with it (prefix "") so that builders of GitLab jobs carry CIPlatform
-// "gitlab" and the janitor can ask GitLab about them.
-func GitLabJob(getenv func(string) string, prefix string) JobIdentity {
+// prefix: CI_PROJECT_PATH, CI_PROJECT_ID, CI_PIPELINE_ID, CI_JOB_ID, CI_JOB_NAME, CI_COMMIT_SHA,
+// CI_JOB_URL. It is the one place those variables are read. GitLab has no run attempts: a
+// retried job is a new job with a new id. The CLI's job flags take their defaults from it
+// (prefix "") when GITLAB_CI is true, so that builders of GitLab jobs carry CIPlatform
+// cijob.GitLab and the janitor can ask GitLab about them.
+func GitLabJob(getenv func(string) string, prefix string) cijob.Identity {
 	v := func(name string) string { return strings.TrimSpace(getenv(prefix + name)) }
-	return JobIdentity{
-		CIPlatform:   "gitlab",
+	return cijob.Identity{
+		CIPlatform:   cijob.GitLab,
 		Repository:   v("CI_PROJECT_PATH"),
 		RepositoryID: v("CI_PROJECT_ID"),
 		RunID:        v("CI_PIPELINE_ID"),
@@ -169,81 +174,4 @@ func (g *GitLab) Group(title string) (end func()) {
 			_ = g.Shell.log.write(fmt.Sprintf("\x1b[0Ksection_end:%d:%s\r\x1b[0K\n", g.now().Unix(), name))
 		})
 	}
-}
-
-// ParseExports reads the `export NAME='value'` lines the Shell and GitLab adapters write (see
-// ShellQuote) and returns the variables, a later line for a name overriding an earlier one.
-// It accepts exactly that form — one export per line, the value a sequence of single-quoted
-// strings and \' — so that reading an env file never runs anything; blank lines and lines
-// starting with '#' are skipped.
-func ParseExports(r io.Reader) (map[string]string, error) {
-	data, err := io.ReadAll(r)
-	if err != nil {
-		return nil, fmt.Errorf("reading exports: %w", err)
-	}
-	s := string(data)
-	vars := map[string]string{}
-	line := 1
-	for len(s) > 0 {
-		switch {
-		case s[0] == '\n':
-			s, line = s[1:], line+1
-			continue
-		case s[0] == '#':
-			if i := strings.IndexByte(s, '\n'); i >= 0 {
-				s = s[i:]
-			} else {
-				s = ""
-			}
-			continue
-		case strings.TrimLeft(s[:lineEnd(s)], " \t") == "":
-			s = s[lineEnd(s):]
-			continue
-		}
-		rest, ok := strings.CutPrefix(s, "export ")
-		if !ok {
-			return nil, fmt.Errorf("exports line %d: does not start with \"export \"", line)
-		}
-		eq := strings.IndexByte(rest, '=')
-		if eq < 0 || !shellName.MatchString(rest[:eq]) {
-			return nil, fmt.Errorf("exports line %d: no NAME= after export", line)
-		}
-		name := rest[:eq]
-		rest = rest[eq+1:]
-		var value strings.Builder
-		for len(rest) > 0 && rest[0] != '\n' {
-			switch {
-			case rest[0] == '\'':
-				end := strings.IndexByte(rest[1:], '\'')
-				if end < 0 {
-					return nil, fmt.Errorf("exports line %d: %s: unterminated quote", line, name)
-				}
-				quoted := rest[1 : 1+end]
-				value.WriteString(quoted)
-				line += strings.Count(quoted, "\n")
-				rest = rest[end+2:]
-			case strings.HasPrefix(rest, `\'`):
-				value.WriteByte('\'')
-				rest = rest[2:]
-			case rest[0] == ' ' || rest[0] == '\t':
-				rest = strings.TrimLeft(rest, " \t")
-				if len(rest) > 0 && rest[0] != '\n' {
-					return nil, fmt.Errorf("exports line %d: %s: text after the value", line, name)
-				}
-			default:
-				return nil, fmt.Errorf("exports line %d: %s: unexpected %q in value", line, name, rest[0])
-			}
-		}
-		vars[name] = value.String()
-		s = rest
-	}
-	return vars, nil
-}
-
-// lineEnd returns the index of the first '\n' in s, or len(s).
-func lineEnd(s string) int {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return i
-	}
-	return len(s)
 }

@@ -2,12 +2,11 @@ package ci
 
 import (
 	"bytes"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 func gitlabEnv(prefix string, extra map[string]string) func(string) string {
@@ -34,7 +33,7 @@ func gitlabEnv(prefix string, extra map[string]string) func(string) string {
 func TestGitLabJob(t *testing.T) {
 	for _, prefix := range []string{"", GitLabCustomExecutorPrefix} {
 		job := GitLabJob(gitlabEnv(prefix, nil), prefix)
-		want := JobIdentity{CIPlatform: "gitlab", Repository: "group/sub/app", RunID: "4711", JobID: "123456",
+		want := cijob.Identity{CIPlatform: "gitlab", Repository: "group/sub/app", RunID: "4711", JobID: "123456",
 			JobName: "image: [linux/arm64]", Commit: "0ff3ae198f8601a285adcf5c0fff204ee6fba5fd",
 			URL: "https://gitlab.example.com/group/sub/app/-/jobs/123456"}
 		if job != want {
@@ -95,7 +94,7 @@ func TestGitLabInputs(t *testing.T) {
 func TestGitLabExplicitJobAndState(t *testing.T) {
 	dir := t.TempDir()
 	exports := &bytes.Buffer{}
-	explicit := JobIdentity{CIPlatform: "other", Repository: "group/app", JobID: "9"}
+	explicit := cijob.Identity{CIPlatform: "other", Repository: "group/app", JobID: "9"}
 	up, err := NewGitLab(GitLabConfig{Getenv: gitlabEnv("", nil), Job: explicit, StateDir: dir, Exports: exports})
 	if err != nil {
 		t.Fatal(err)
@@ -160,83 +159,5 @@ func TestGitLabDebug(t *testing.T) {
 	}
 	if !g.Debug() {
 		t.Error("CI_DEBUG_TRACE=true: Debug() = false")
-	}
-}
-
-func TestParseExportsRoundTrip(t *testing.T) {
-	values := map[string]string{
-		"PLAIN":  "plain",
-		"EMPTY":  "",
-		"QUOTE":  "it's",
-		"QUOTES": "''",
-		"META":   "$HOME `id` $(id) \\n \"quoted\"",
-		"LINES":  "multi\nline\n",
-		"TABS":   "tab\tand; semicolon && exit 1",
-	}
-	var b bytes.Buffer
-	s, err := NewShell(ShellConfig{Exports: &b})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{"PLAIN", "EMPTY", "QUOTE", "QUOTES", "META", "LINES", "TABS"} {
-		if err := s.ExportEnv(name, values[name]); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := s.ExportEnv("PLAIN", "overridden"); err != nil {
-		t.Fatal(err)
-	}
-	values["PLAIN"] = "overridden"
-	got, err := ParseExports(strings.NewReader("# written by setup-ephemeral-buildkit\n\n" + b.String()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != len(values) {
-		t.Errorf("%d variables, want %d: %q", len(got), len(values), got)
-	}
-	for name, want := range values {
-		if got[name] != want {
-			t.Errorf("%s = %q, want %q", name, got[name], want)
-		}
-	}
-
-	// What sh makes of the file is what ParseExports makes of it.
-	sh, err := exec.LookPath("sh")
-	if err != nil {
-		t.Skip("no sh")
-	}
-	file := filepath.Join(t.TempDir(), "env")
-	if err := os.WriteFile(file, b.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	for name, want := range values {
-		out, err := exec.Command(sh, "-c", `. "$1" && eval "printf '%s' \"\$$2\""`, "sh", file, name).Output()
-		if err != nil {
-			t.Fatalf("sh: %v", err)
-		}
-		if string(out) != want {
-			t.Errorf("sh: %s = %q, want %q", name, out, want)
-		}
-	}
-}
-
-func TestParseExportsRefusesAnythingElse(t *testing.T) {
-	for _, bad := range []string{
-		"BUILDX_BUILDER=x\n",
-		"export BUILDX_BUILDER=x\n",
-		"export BUILDX_BUILDER='x'; rm -rf /\n",
-		"export BUILDX_BUILDER=\"x\"\n",
-		"export 1X='x'\n",
-		"export X='unterminated\n",
-		"export X='a' 'b'\n",
-		"  export X='x'\n",
-	} {
-		if vars, err := ParseExports(strings.NewReader(bad)); err == nil {
-			t.Errorf("%q: accepted as %q", bad, vars)
-		}
-	}
-	vars, err := ParseExports(strings.NewReader("export X='x'  \n\t\nexport Y='y'"))
-	if err != nil || vars["X"] != "x" || vars["Y"] != "y" {
-		t.Errorf("trailing blanks, no final newline: %q, %v", vars, err)
 	}
 }

@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"unicode"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // Annotations GitLab Runner's Kubernetes executor (since 15.x) writes on every job pod. They
@@ -19,7 +21,7 @@ const (
 	GitLabPodAnnotationProjectID = "project.runner.gitlab.com/id"
 )
 
-// Names of the JobIdentity fields JobFromGitLabPod may set, for its keep argument.
+// Names of the cijob.Identity fields JobFromGitLabPod may set, for its keep argument.
 const (
 	JobFieldJobID        = "job-id"
 	JobFieldURL          = "job-url"
@@ -37,7 +39,7 @@ var (
 // annotation values, and nothing legitimate is longer).
 const maxPodAnnotationValue = 1024
 
-// RunnerPodJob is implemented by a Platform whose CI system describes the job on the pod the
+// RunnerPodJob is implemented by a System whose CI system describes the job on the pod the
 // job runs in. The main phase calls it with the owner pod's annotations once it has looked the
 // pod up; later calls of Job return the result.
 type RunnerPodJob interface {
@@ -53,7 +55,7 @@ type RunnerPodJob interface {
 // the fields keep reports true for (set explicitly, on the command line). A value that is
 // empty, GitLab Runner's placeholder ("0" for an unknown id) or malformed is ignored with a
 // note. taken lists the fields set from the pod; notes say what was ignored or disagreed.
-func JobFromGitLabPod(job JobIdentity, annotations map[string]string, keep func(field string) bool) (out JobIdentity, taken, notes []string) {
+func JobFromGitLabPod(job cijob.Identity, annotations map[string]string, keep func(field string) bool) (out cijob.Identity, taken, notes []string) {
 	if keep == nil {
 		keep = func(string) bool { return false }
 	}

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // The annotations GitLab Runner's Kubernetes executor writes, as its own tests show them.
@@ -22,10 +24,10 @@ func gitlabPodAnnotations() map[string]string {
 }
 
 func TestJobFromGitLabPodOverridesVariables(t *testing.T) {
-	fromVariables := JobIdentity{CIPlatform: "gitlab", Repository: "group/app", RunID: "4711", JobID: "9999", JobName: "forged",
+	fromVariables := cijob.Identity{CIPlatform: "gitlab", Repository: "group/app", RunID: "4711", JobID: "9999", JobName: "forged",
 		Commit: "0ff3ae198f8601a285adcf5c0fff204ee6fba5fd"}
 	got, taken, notes := JobFromGitLabPod(fromVariables, gitlabPodAnnotations(), nil)
-	want := JobIdentity{CIPlatform: "gitlab", Repository: "group/app", RepositoryID: "42", RunID: "4711", JobID: "8080", JobName: "image",
+	want := cijob.Identity{CIPlatform: "gitlab", Repository: "group/app", RepositoryID: "42", RunID: "4711", JobID: "8080", JobName: "image",
 		Commit: "0ff3ae198f8601a285adcf5c0fff204ee6fba5fd", URL: "https://gitlab.example.com/group/app/-/jobs/8080"}
 	if got != want {
 		t.Errorf("identity\n got %+v\nwant %+v", got, want)
@@ -41,7 +43,7 @@ func TestJobFromGitLabPodOverridesVariables(t *testing.T) {
 }
 
 func TestJobFromGitLabPodKeepsExplicitFields(t *testing.T) {
-	explicit := JobIdentity{CIPlatform: "gitlab", JobID: "77", URL: "https://gitlab.example.com/x/-/jobs/77"}
+	explicit := cijob.Identity{CIPlatform: "gitlab", JobID: "77", URL: "https://gitlab.example.com/x/-/jobs/77"}
 	got, taken, notes := JobFromGitLabPod(explicit, gitlabPodAnnotations(), func(field string) bool { return field == JobFieldJobID })
 	if got.JobID != "77" || got.URL != "https://gitlab.example.com/group/app/-/jobs/8080" || got.RepositoryID != "42" {
 		t.Errorf("identity %+v: want the explicit job id kept and the rest from the pod", got)
@@ -55,7 +57,7 @@ func TestJobFromGitLabPodKeepsExplicitFields(t *testing.T) {
 }
 
 func TestJobFromGitLabPodIgnoresPlaceholdersAndMalformedValues(t *testing.T) {
-	base := JobIdentity{CIPlatform: "gitlab", JobID: "5", Commit: "abcdef1", URL: "https://gitlab.example.com/a/-/jobs/5", JobName: "build"}
+	base := cijob.Identity{CIPlatform: "gitlab", JobID: "5", Commit: "abcdef1", URL: "https://gitlab.example.com/a/-/jobs/5", JobName: "build"}
 	annotations := map[string]string{
 		GitLabPodAnnotationJobID:     "0", // GitLab Runner's value when it knows no id
 		GitLabPodAnnotationProjectID: "",
@@ -81,7 +83,7 @@ func TestJobFromGitLabPodIgnoresPlaceholdersAndMalformedValues(t *testing.T) {
 }
 
 func TestShellJobFromRunnerPod(t *testing.T) {
-	job := JobIdentity{CIPlatform: "gitlab", Repository: "group/app", JobID: "1"}
+	job := cijob.Identity{CIPlatform: "gitlab", Repository: "group/app", JobID: "1"}
 	plain, err := NewShell(ShellConfig{Job: job})
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +91,7 @@ func TestShellJobFromRunnerPod(t *testing.T) {
 	if taken, _ := plain.JobFromRunnerPod(gitlabPodAnnotations()); taken != nil || plain.Job() != job {
 		t.Errorf("without JobFromRunnerPod configured the shell took %v: %+v", taken, plain.Job())
 	}
-	refining, err := NewShell(ShellConfig{Job: job, JobFromRunnerPod: func(j JobIdentity, a map[string]string) (JobIdentity, []string, []string) {
+	refining, err := NewShell(ShellConfig{Job: job, JobFromRunnerPod: func(j cijob.Identity, a map[string]string) (cijob.Identity, []string, []string) {
 		return JobFromGitLabPod(j, a, nil)
 	}})
 	if err != nil {

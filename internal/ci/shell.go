@@ -12,6 +12,8 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // ShellStateFile is the name of the file, in ShellConfig.StateDir, that keeps state between
@@ -27,7 +29,7 @@ type ShellConfig struct {
 	// Inputs are the inputs by their documented names ("platforms", "namespace", ...).
 	Inputs map[string]string
 	// Job is the job's identity; CIPlatform defaults to "shell".
-	Job JobIdentity
+	Job cijob.Identity
 	// Post marks the cleanup phase (the CLI's down).
 	Post bool
 	// StateDir holds ShellStateFile. NewShell loads it if present; SaveState writes it, and needs
@@ -47,26 +49,26 @@ type ShellConfig struct {
 	TempDir string
 	// JobFromRunnerPod, when set, refines Job with the annotations of the pod the job runs in
 	// (JobFromGitLabPod for GitLab's Kubernetes executor); see RunnerPodJob.
-	JobFromRunnerPod func(job JobIdentity, annotations map[string]string) (JobIdentity, []string, []string)
+	JobFromRunnerPod func(job cijob.Identity, annotations map[string]string) (cijob.Identity, []string, []string)
 }
 
-// Shell is the Platform of the plain CLI, for a person at a terminal or a CI system without an
+// Shell is the System of the plain CLI, for a person at a terminal or a CI system without an
 // adapter of its own. Build it with NewShell.
 type Shell struct {
 	cfg     ShellConfig
-	log     *lockedWriter
-	exports *lockedWriter
+	log     *LockedWriter
+	exports *LockedWriter
 
 	mu    sync.Mutex
 	state map[string]string
 }
 
-var _ Platform = (*Shell)(nil)
+var _ System = (*Shell)(nil)
 
 // NewShell returns the Shell adapter, with the state a previous phase saved in cfg.StateDir.
 func NewShell(cfg ShellConfig) (*Shell, error) {
 	if cfg.Job.CIPlatform == "" {
-		cfg.Job.CIPlatform = "shell"
+		cfg.Job.CIPlatform = cijob.Shell
 	}
 	if cfg.OutputPrefix == "" {
 		cfg.OutputPrefix = DefaultShellOutputPrefix
@@ -74,9 +76,9 @@ func NewShell(cfg ShellConfig) (*Shell, error) {
 	if cfg.Log == nil {
 		cfg.Log = io.Discard
 	}
-	s := &Shell{cfg: cfg, log: &lockedWriter{w: cfg.Log}, state: map[string]string{}}
+	s := &Shell{cfg: cfg, log: &LockedWriter{W: cfg.Log}, state: map[string]string{}}
 	if cfg.Exports != nil {
-		s.exports = &lockedWriter{w: cfg.Exports}
+		s.exports = &LockedWriter{W: cfg.Exports}
 	}
 	if cfg.StateDir != "" {
 		path := filepath.Join(cfg.StateDir, ShellStateFile)
@@ -94,14 +96,14 @@ func NewShell(cfg ShellConfig) (*Shell, error) {
 	return s, nil
 }
 
-// Name returns the job identity's CIPlatform, "shell" unless configured otherwise.
+// Name returns the job identity's CIPlatform, cijob.Shell unless configured otherwise.
 func (s *Shell) Name() string { return s.cfg.Job.CIPlatform }
 
 // Input returns the configured input, trimmed.
 func (s *Shell) Input(name string) string { return strings.TrimSpace(s.cfg.Inputs[name]) }
 
 // Job returns the configured identity, as JobFromRunnerPod refined it.
-func (s *Shell) Job() JobIdentity {
+func (s *Shell) Job() cijob.Identity {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.cfg.Job
@@ -122,6 +124,10 @@ func (s *Shell) JobFromRunnerPod(annotations map[string]string) (taken, notes []
 	s.cfg.Job = job
 	return taken, notes
 }
+
+// RunnerCandidates returns none: a shell knows no runner pod; the provisioner still tries
+// POD_NAME and the host name.
+func (s *Shell) RunnerCandidates() []cijob.RunnerCandidate { return nil }
 
 // IsPost returns the configured Post.
 func (s *Shell) IsPost() bool { return s.cfg.Post }
@@ -225,6 +231,83 @@ func (s *Shell) export(name, value string) error {
 // ends the quoting, adds an escaped quote and starts quoting again.
 func ShellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// ParseExports reads the `export NAME='value'` lines the Shell and GitLab adapters write (see
+// ShellQuote) and returns the variables, a later line for a name overriding an earlier one.
+// It accepts exactly that form — one export per line, the value a sequence of single-quoted
+// strings and \' — so that reading an env file never runs anything; blank lines and lines
+// starting with '#' are skipped.
+func ParseExports(r io.Reader) (map[string]string, error) {
+	data, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("reading exports: %w", err)
+	}
+	s := string(data)
+	vars := map[string]string{}
+	line := 1
+	for len(s) > 0 {
+		switch {
+		case s[0] == '\n':
+			s, line = s[1:], line+1
+			continue
+		case s[0] == '#':
+			if i := strings.IndexByte(s, '\n'); i >= 0 {
+				s = s[i:]
+			} else {
+				s = ""
+			}
+			continue
+		case strings.TrimLeft(s[:lineEnd(s)], " \t") == "":
+			s = s[lineEnd(s):]
+			continue
+		}
+		rest, ok := strings.CutPrefix(s, "export ")
+		if !ok {
+			return nil, fmt.Errorf("exports line %d: does not start with \"export \"", line)
+		}
+		eq := strings.IndexByte(rest, '=')
+		if eq < 0 || !shellName.MatchString(rest[:eq]) {
+			return nil, fmt.Errorf("exports line %d: no NAME= after export", line)
+		}
+		name := rest[:eq]
+		rest = rest[eq+1:]
+		var value strings.Builder
+		for len(rest) > 0 && rest[0] != '\n' {
+			switch {
+			case rest[0] == '\'':
+				end := strings.IndexByte(rest[1:], '\'')
+				if end < 0 {
+					return nil, fmt.Errorf("exports line %d: %s: unterminated quote", line, name)
+				}
+				quoted := rest[1 : 1+end]
+				value.WriteString(quoted)
+				line += strings.Count(quoted, "\n")
+				rest = rest[end+2:]
+			case strings.HasPrefix(rest, `\'`):
+				value.WriteByte('\'')
+				rest = rest[2:]
+			case rest[0] == ' ' || rest[0] == '\t':
+				rest = strings.TrimLeft(rest, " \t")
+				if len(rest) > 0 && rest[0] != '\n' {
+					return nil, fmt.Errorf("exports line %d: %s: text after the value", line, name)
+				}
+			default:
+				return nil, fmt.Errorf("exports line %d: %s: unexpected %q in value", line, name, rest[0])
+			}
+		}
+		vars[name] = value.String()
+		s = rest
+	}
+	return vars, nil
+}
+
+// lineEnd returns the index of the first '\n' in s, or len(s).
+func lineEnd(s string) int {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return i
+	}
+	return len(s)
 }
 
 // Mask does nothing: a terminal has no masking. The CLI never prints private keys.

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 func newTestShell(t *testing.T, cfg ShellConfig) (*Shell, *bytes.Buffer, *bytes.Buffer) {
@@ -218,7 +220,7 @@ func TestShellStateErrors(t *testing.T) {
 func TestShellInputsJobAndLogs(t *testing.T) {
 	s, _, log := newTestShell(t, ShellConfig{
 		Inputs:   map[string]string{"platforms": " linux/arm64 \n"},
-		Job:      JobIdentity{Repository: "org/app", JobID: "7"},
+		Job:      cijob.Identity{Repository: "org/app", JobID: "7"},
 		StateDir: "/state",
 	})
 	if got := s.Name(); got != "shell" {
@@ -230,7 +232,7 @@ func TestShellInputsJobAndLogs(t *testing.T) {
 	if got := s.Input("unset"); got != "" {
 		t.Errorf("unset Input = %q", got)
 	}
-	if got, want := s.Job(), (JobIdentity{CIPlatform: "shell", Repository: "org/app", JobID: "7"}); got != want {
+	if got, want := s.Job(), (cijob.Identity{CIPlatform: "shell", Repository: "org/app", JobID: "7"}); got != want {
 		t.Errorf("Job = %+v, want %+v", got, want)
 	}
 	if got := s.TempDir(); got != "/state" {
@@ -253,12 +255,90 @@ func TestShellInputsJobAndLogs(t *testing.T) {
 		t.Errorf("log =\n%s\nwant\n%s", got, want)
 	}
 
-	debug, _, log := newTestShell(t, ShellConfig{Debug: true, TempDir: "/tmp/x", Job: JobIdentity{CIPlatform: "jenkins"}})
+	debug, _, log := newTestShell(t, ShellConfig{Debug: true, TempDir: "/tmp/x", Job: cijob.Identity{CIPlatform: "jenkins"}})
 	debug.Debugf("shown %d", 1)
 	if got := log.String(); got != "debug: shown 1\n" {
 		t.Errorf("debug log = %q", got)
 	}
 	if !debug.Debug() || debug.TempDir() != "/tmp/x" || debug.Name() != "jenkins" {
 		t.Error("Debug, TempDir or Name not as configured")
+	}
+}
+
+func TestParseExportsRoundTrip(t *testing.T) {
+	values := map[string]string{
+		"PLAIN":  "plain",
+		"EMPTY":  "",
+		"QUOTE":  "it's",
+		"QUOTES": "''",
+		"META":   "$HOME `id` $(id) \\n \"quoted\"",
+		"LINES":  "multi\nline\n",
+		"TABS":   "tab\tand; semicolon && exit 1",
+	}
+	var b bytes.Buffer
+	s, err := NewShell(ShellConfig{Exports: &b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"PLAIN", "EMPTY", "QUOTE", "QUOTES", "META", "LINES", "TABS"} {
+		if err := s.ExportEnv(name, values[name]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.ExportEnv("PLAIN", "overridden"); err != nil {
+		t.Fatal(err)
+	}
+	values["PLAIN"] = "overridden"
+	got, err := ParseExports(strings.NewReader("# written by setup-ephemeral-buildkit\n\n" + b.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(values) {
+		t.Errorf("%d variables, want %d: %q", len(got), len(values), got)
+	}
+	for name, want := range values {
+		if got[name] != want {
+			t.Errorf("%s = %q, want %q", name, got[name], want)
+		}
+	}
+
+	// What sh makes of the file is what ParseExports makes of it.
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh")
+	}
+	file := filepath.Join(t.TempDir(), "env")
+	if err := os.WriteFile(file, b.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range values {
+		out, err := exec.Command(sh, "-c", `. "$1" && eval "printf '%s' \"\$$2\""`, "sh", file, name).Output()
+		if err != nil {
+			t.Fatalf("sh: %v", err)
+		}
+		if string(out) != want {
+			t.Errorf("sh: %s = %q, want %q", name, out, want)
+		}
+	}
+}
+
+func TestParseExportsRefusesAnythingElse(t *testing.T) {
+	for _, bad := range []string{
+		"BUILDX_BUILDER=x\n",
+		"export BUILDX_BUILDER=x\n",
+		"export BUILDX_BUILDER='x'; rm -rf /\n",
+		"export BUILDX_BUILDER=\"x\"\n",
+		"export 1X='x'\n",
+		"export X='unterminated\n",
+		"export X='a' 'b'\n",
+		"  export X='x'\n",
+	} {
+		if vars, err := ParseExports(strings.NewReader(bad)); err == nil {
+			t.Errorf("%q: accepted as %q", bad, vars)
+		}
+	}
+	vars, err := ParseExports(strings.NewReader("export X='x'  \n\t\nexport Y='y'"))
+	if err != nil || vars["X"] != "x" || vars["Y"] != "y" {
+		t.Errorf("trailing blanks, no final newline: %q, %v", vars, err)
 	}
 }

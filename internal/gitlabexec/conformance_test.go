@@ -8,7 +8,6 @@ package gitlabexec_test
 // GITLABEXEC_TEST_HOOK=1 (see TestMain), so that signals and process groups are real.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/gitlabexec"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/syncbuf"
 )
 
 const (
@@ -75,7 +75,7 @@ func (f fakeHooks) record(format string, args ...any) {
 	fmt.Fprintf(file, format+"\n", args...)
 }
 
-func (f fakeHooks) Up(ctx context.Context, p ci.Platform) error {
+func (f fakeHooks) Up(ctx context.Context, p ci.System) error {
 	job := p.Job()
 	if os.Getenv(envUpHang) == "1" {
 		f.record("up-waiting %s", job.JobID)
@@ -116,7 +116,7 @@ func (f fakeHooks) Up(ctx context.Context, p ci.Platform) error {
 	return nil
 }
 
-func (f fakeHooks) Down(ctx context.Context, p ci.Platform) error {
+func (f fakeHooks) Down(ctx context.Context, p ci.System) error {
 	if os.Getenv(envDownHang) == "1" {
 		f.record("down-hanging %s", p.Job().JobID)
 		select {} // a teardown that never returns, even when cancelled
@@ -257,28 +257,10 @@ type result struct {
 	took           time.Duration
 }
 
-// syncBuffer is a bytes.Buffer safe for the test to read while the hook writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // started is a hook process the runner has started.
 type started struct {
 	cmd            *exec.Cmd
-	stdout, stderr *syncBuffer
+	stdout, stderr *syncbuf.Buffer
 	start          time.Time
 }
 
@@ -287,7 +269,7 @@ func (j *job) start(args ...string) *started {
 	cmd := exec.Command(j.r.exe, args...)
 	cmd.Env = j.env()
 	cmd.Dir = j.dir
-	s := &started{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, start: time.Now()}
+	s := &started{cmd: cmd, stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, start: time.Now()}
 	cmd.Stdout, cmd.Stderr = s.stdout, s.stderr
 	// The runner starts every stage in a process group of its own and signals the group.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
 // Variables GitLab Runner sets for every stage of a custom executor.
@@ -40,6 +42,32 @@ func (e *BuildFailureError) Error() string {
 	return fmt.Sprintf("%s: script exited with code %d", e.SubStage, e.ExitCode)
 }
 
+// ConfigurationError reports a job that cannot run as configured: an input the job or the
+// runner's administrator set was refused (an unknown platform, a malformed node selector), or
+// the hook's own settings are wrong. Trying again cannot help, so, like a failing script, its
+// exit code is $BUILD_FAILURE_EXIT_CODE and the runner does not retry prepare.
+type ConfigurationError struct {
+	// Stage is the stage that failed.
+	Stage string
+	Err   error
+}
+
+func (e *ConfigurationError) Error() string { return e.Stage + ": " + e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *ConfigurationError) Unwrap() error { return e.Err }
+
+// configurationOrSystemFailure wraps err, if any, as a ConfigurationError of stage when it
+// holds a refused input (*k8sprov.InputError), else as a SystemFailureError: the Kubernetes API,
+// scheduling and timeouts are the infrastructure's, worth the runner's retry.
+func configurationOrSystemFailure(stage string, err error) error {
+	var input *k8sprov.InputError
+	if err != nil && errors.As(err, &input) {
+		return &ConfigurationError{Stage: stage, Err: err}
+	}
+	return systemFailure(stage, err)
+}
+
 // SystemFailureError reports a failure of the hook itself: no builders, no env file, a script
 // that could not be started. Its exit code is $SYSTEM_FAILURE_EXIT_CODE.
 type SystemFailureError struct {
@@ -59,14 +87,15 @@ func systemFailure(stage string, err error) error {
 		return nil
 	}
 	var sys *SystemFailureError
-	if errors.As(err, &sys) {
+	var conf *ConfigurationError
+	if errors.As(err, &sys) || errors.As(err, &conf) {
 		return err
 	}
 	return &SystemFailureError{Stage: stage, Err: err}
 }
 
 // ExitCode maps a stage's result to the hook's exit code: 0 for nil, $BUILD_FAILURE_EXIT_CODE
-// for a BuildFailureError, $SYSTEM_FAILURE_EXIT_CODE for any other error. When the runner did
+// for a BuildFailureError or a ConfigurationError, $SYSTEM_FAILURE_EXIT_CODE for any other error. When the runner did
 // not set the variable (someone runs the hook by hand) it is 1.
 func ExitCode(err error, getenv func(string) string) int {
 	if err == nil {
@@ -74,7 +103,8 @@ func ExitCode(err error, getenv func(string) string) int {
 	}
 	variable := EnvSystemFailureExitCode
 	var build *BuildFailureError
-	if errors.As(err, &build) {
+	var conf *ConfigurationError
+	if errors.As(err, &build) || errors.As(err, &conf) {
 		variable = EnvBuildFailureExitCode
 	}
 	if code, convErr := strconv.Atoi(strings.TrimSpace(getenv(variable))); convErr == nil && code > 0 && code < 256 {

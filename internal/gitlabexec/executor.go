@@ -16,9 +16,11 @@
 // from CUSTOM_ENV_ variables otherwise. Each job has its own directory, job-<id>, so concurrent
 // jobs on one runner never see each other's builders, certificates or buildx configuration.
 //
-// Failures map to the runner's exit codes: a failing script is a BuildFailureError
-// ($BUILD_FAILURE_EXIT_CODE), anything failing in the hook a SystemFailureError
-// ($SYSTEM_FAILURE_EXIT_CODE, on which the runner retries prepare). ExitCode does the mapping.
+// Failures map to the runner's exit codes: a failing script is a BuildFailureError and a refused
+// input or setting a ConfigurationError (both $BUILD_FAILURE_EXIT_CODE: retrying cannot help);
+// anything else failing in the hook — the Kubernetes API, scheduling, a timeout — is a
+// SystemFailureError ($SYSTEM_FAILURE_EXIT_CODE, on which the runner retries prepare). ExitCode
+// does the mapping.
 package gitlabexec
 
 import (
@@ -54,20 +56,20 @@ const (
 // with p.State (p.IsPost is true). Down must be idempotent and must not fail for a job whose Up
 // never ran or failed half-way. internal/app implements them.
 type Hooks interface {
-	Up(ctx context.Context, p ci.Platform) error
-	Down(ctx context.Context, p ci.Platform) error
+	Up(ctx context.Context, p ci.System) error
+	Down(ctx context.Context, p ci.System) error
 }
 
 // HookFuncs adapts two functions to Hooks.
 type HookFuncs struct {
-	UpFunc, DownFunc func(ctx context.Context, p ci.Platform) error
+	UpFunc, DownFunc func(ctx context.Context, p ci.System) error
 }
 
 // Up calls UpFunc.
-func (h HookFuncs) Up(ctx context.Context, p ci.Platform) error { return h.UpFunc(ctx, p) }
+func (h HookFuncs) Up(ctx context.Context, p ci.System) error { return h.UpFunc(ctx, p) }
 
 // Down calls DownFunc.
-func (h HookFuncs) Down(ctx context.Context, p ci.Platform) error { return h.DownFunc(ctx, p) }
+func (h HookFuncs) Down(ctx context.Context, p ci.System) error { return h.DownFunc(ctx, p) }
 
 // ConfigOutput is the JSON config prints, with the field names GitLab Runner documents for
 // config_exec.
@@ -162,6 +164,20 @@ func (e *Executor) Dispatch(ctx context.Context, args []string, hooks Hooks) err
 	return &SystemFailureError{Stage: args[0], Err: fmt.Errorf("unknown stage %q (want config, prepare, run or cleanup)", args[0])}
 }
 
+// begin is every stage's preamble: the settings, checked, and the job the stage works for. Its
+// error is the stage's SystemFailureError.
+func (e *Executor) begin(stage string) (Settings, Job, error) {
+	s := e.settings()
+	if err := s.validate(); err != nil {
+		return s, Job{}, &ConfigurationError{Stage: stage, Err: err}
+	}
+	job, err := e.job(s)
+	if err != nil {
+		return s, Job{}, systemFailure(stage, err)
+	}
+	return s, job, nil
+}
+
 // cancelOnSignal returns a context cancelled when a signal arrives on Signals.
 func (e *Executor) cancelOnSignal(ctx context.Context) (context.Context, func()) {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -180,13 +196,9 @@ func (e *Executor) cancelOnSignal(ctx context.Context) (context.Context, func())
 // Config prints the runner's configuration for the job as JSON on stdout (the runner parses all
 // of stdout; logs go to stderr).
 func (e *Executor) Config() error {
-	s := e.settings()
-	if err := s.validate(); err != nil {
-		return systemFailure(StageConfig, err)
-	}
-	job, err := e.job()
+	s, job, err := e.begin(StageConfig)
 	if err != nil {
-		return systemFailure(StageConfig, err)
+		return err
 	}
 	out := ConfigOutput{
 		BuildsDir:         job.BuildsDir,
@@ -211,13 +223,9 @@ func (e *Executor) Config() error {
 // job's CI adapter, logging to the job log. A retried prepare (the runner tries three times)
 // starts a fresh env file and finds the state of the attempt before.
 func (e *Executor) Prepare(ctx context.Context, hooks Hooks) error {
-	s := e.settings()
-	if err := s.validate(); err != nil {
-		return systemFailure(StagePrepare, err)
-	}
-	job, err := e.job()
+	_, job, err := e.begin(StagePrepare)
 	if err != nil {
-		return systemFailure(StagePrepare, err)
+		return err
 	}
 	if err := os.MkdirAll(job.Dir, 0o700); err != nil {
 		return systemFailure(StagePrepare, fmt.Errorf("creating the job directory: %w", err))
@@ -234,12 +242,12 @@ func (e *Executor) Prepare(ctx context.Context, hooks Hooks) error {
 		return systemFailure(StagePrepare, fmt.Errorf("opening the env file: %w", err))
 	}
 	defer f.Close()
-	p, err := e.platform(job, ci.GitLabConfig{Exports: f, Log: e.stdout(), Sections: true})
+	p, err := e.ciSystem(job, ci.GitLabConfig{Exports: f, Log: e.stdout(), Sections: true})
 	if err != nil {
 		return systemFailure(StagePrepare, err)
 	}
 	if err := hooks.Up(ctx, p); err != nil {
-		return systemFailure(StagePrepare, fmt.Errorf("creating the builders: %w", err))
+		return configurationOrSystemFailure(StagePrepare, fmt.Errorf("creating the builders: %w", err))
 	}
 	if err := f.Close(); err != nil {
 		return systemFailure(StagePrepare, fmt.Errorf("writing the env file: %w", err))
@@ -254,13 +262,9 @@ func (e *Executor) Prepare(ctx context.Context, hooks Hooks) error {
 // $BUILD_EXIT_CODE_FILE); a script that cannot be run is a SystemFailureError.
 func (e *Executor) Run(ctx context.Context, script, subStage string) error {
 	stage := StageRun + " " + subStage
-	s := e.settings()
-	if err := s.validate(); err != nil {
-		return systemFailure(stage, err)
-	}
-	job, err := e.job()
+	s, job, err := e.begin(stage)
 	if err != nil {
-		return systemFailure(stage, err)
+		return err
 	}
 	vars, err := readEnvFile(job.EnvFile)
 	if err != nil {
@@ -272,7 +276,7 @@ func (e *Executor) Run(ctx context.Context, script, subStage string) error {
 	}
 	// The hook's own messages and the script's stderr share one stream, written from two
 	// goroutines when it is not a file.
-	stderr := &lockedWriter{w: e.stderr()}
+	stderr := &ci.LockedWriter{W: e.stderr()}
 	cmd := exec.Command(s.Shell, script)
 	cmd.Env = mergeEnv(base(), vars)
 	cmd.Stdout, cmd.Stderr = e.stdout(), stderr
@@ -432,27 +436,22 @@ const cleanupGrace = 2 * time.Second
 // does not return by then is abandoned. Everything it does is logged to stderr, which the
 // runner logs at warning level. Its result does not change the job's status.
 func (e *Executor) Cleanup(ctx context.Context, hooks Hooks) error {
-	s := e.settings()
 	// Down may still be writing when Cleanup gives up on it.
-	stderr := &lockedWriter{w: e.stderr()}
+	stderr := &ci.LockedWriter{W: e.stderr()}
 	log := func(format string, args ...any) {
 		fmt.Fprintf(stderr, "gitlab-executor-hook cleanup: "+format+"\n", args...)
 	}
-	if err := s.validate(); err != nil {
-		log("%v", err)
-		return systemFailure(StageCleanup, err)
-	}
-	job, err := e.job()
+	s, job, err := e.begin(StageCleanup)
 	if err != nil {
-		log("%v; nothing cleaned up", err)
-		return systemFailure(StageCleanup, err)
+		log("%v; nothing cleaned up", errors.Unwrap(err))
+		return err
 	}
 	log("job %s of %s, directory %s", job.Identity.JobID, job.Identity.Repository, job.Dir)
 	ctx, cancel := context.WithTimeout(ctx, s.CleanupTimeout)
 	defer cancel()
 
 	var errs []error
-	p, err := e.platform(job, ci.GitLabConfig{Post: true, Log: prefixWriter{w: stderr, prefix: "gitlab-executor-hook cleanup: "}})
+	p, err := e.ciSystem(job, ci.GitLabConfig{Post: true, Log: prefixWriter{w: stderr, prefix: "gitlab-executor-hook cleanup: "}})
 	if err != nil {
 		// Unreadable state: Down cannot know what Up made. The janitor and the builders' own
 		// expiry remain.
@@ -505,18 +504,6 @@ func removeDir(dir string) error {
 		return fmt.Errorf("removing %s: %w", dir, err)
 	}
 	return nil
-}
-
-// lockedWriter serialises writes to w.
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }
 
 // prefixWriter prefixes every line written to w.

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
+	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
 func TestSettingsFromEnv(t *testing.T) {
@@ -128,7 +130,7 @@ func TestRunForwardsCancellation(t *testing.T) {
 		Environ:  func() []string { return []string{"PATH=" + os.Getenv("PATH")} },
 		Stdout:   stdout, Stderr: &bytes.Buffer{},
 	}
-	job, err := e.job()
+	job, err := e.job(e.settings())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +234,7 @@ func preparedExecutor(t *testing.T, settings Settings, environ ...string) *Execu
 		Getenv:   func(k string) string { return env[k] },
 		Environ:  func() []string { return append([]string{"PATH=" + os.Getenv("PATH")}, environ...) },
 	}
-	job, err := e.job()
+	job, err := e.job(e.settings())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,7 +251,7 @@ func TestCleanupWithoutJob(t *testing.T) {
 	stderr := &bytes.Buffer{}
 	e := &Executor{Settings: Settings{StateDir: t.TempDir()}, Getenv: func(string) string { return "" }, Stderr: stderr}
 	called := false
-	hooks := HookFuncs{DownFunc: func(context.Context, ci.Platform) error { called = true; return nil }}
+	hooks := HookFuncs{DownFunc: func(context.Context, ci.System) error { called = true; return nil }}
 	err := e.Cleanup(context.Background(), hooks)
 	var sys *SystemFailureError
 	if !errors.As(err, &sys) || called {
@@ -288,5 +290,64 @@ func TestRunDoesNotWaitForBackgroundProcesses(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "done") {
 		t.Errorf("stdout %q", stdout.String())
+	}
+}
+
+// TestStageExitCodes holds one case per row of the README's exit-code table: what the runner is
+// told for each kind of failure, through the stage that meets it.
+func TestStageExitCodes(t *testing.T) {
+	const build, system = 77, 78
+	_, realInputErr := k8sprov.ParseOptions(cijob.Identity{CIPlatform: cijob.GitLab, JobID: "99"}, k8sprov.Inputs{Platforms: "linux/sparc64"})
+	if realInputErr == nil {
+		t.Fatal("ParseOptions accepted linux/sparc64")
+	}
+	for _, tc := range []struct {
+		row      string
+		settings Settings
+		upErr    error
+		stage    []string
+		want     int
+	}{
+		{row: "input refused (unknown platform)", upErr: fmt.Errorf("checking the inputs:\n%w", realInputErr), stage: []string{StagePrepare}, want: build},
+		{row: "hook setting invalid", settings: Settings{Shell: "zsh"}, stage: []string{StagePrepare}, want: build},
+		{row: "Kubernetes API refused or unreachable", upErr: fmt.Errorf("connecting to Kubernetes: %w", &k8sprov.ForbiddenError{Verb: "create", Resource: "pods", Namespace: "ci", Err: errors.New("forbidden")}), stage: []string{StagePrepare}, want: system},
+		{row: "builder unschedulable", upErr: &k8sprov.BuilderError{Reason: "Unschedulable", Message: "0/3 nodes are available"}, stage: []string{StagePrepare}, want: system},
+		{row: "builder not ready in time", upErr: fmt.Errorf("waiting for the builders: %w", context.DeadlineExceeded), stage: []string{StagePrepare}, want: system},
+		{row: "prepare never ran (no env file)", stage: []string{StageRun, "script.sh", "step_script"}, want: system},
+		{row: "script failed", stage: []string{StageRun, "exit3.sh", "step_script"}, want: build},
+	} {
+		t.Run(tc.row, func(t *testing.T) {
+			root := t.TempDir()
+			env := map[string]string{
+				ci.GitLabCustomExecutorPrefix + "CI_JOB_ID": "99",
+				EnvBuildFailureExitCode:                     "77",
+				EnvSystemFailureExitCode:                    "78",
+			}
+			settings := tc.settings
+			settings.StateDir = root
+			e := &Executor{Settings: settings, Getenv: func(k string) string { return env[k] },
+				Environ: func() []string { return []string{"PATH=" + os.Getenv("PATH")} },
+				Stdout:  &bytes.Buffer{}, Stderr: &bytes.Buffer{}}
+			args := slices.Clone(tc.stage)
+			if args[0] == StageRun {
+				args[1] = filepath.Join(root, args[1])
+				if err := os.WriteFile(args[1], []byte("exit 3\n"), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if tc.row == "script failed" {
+					if err := os.MkdirAll(filepath.Join(root, "job-99"), 0o700); err != nil {
+						t.Fatal(err)
+					}
+					if err := os.WriteFile(filepath.Join(root, "job-99", envFileName), nil, 0o600); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			hooks := HookFuncs{UpFunc: func(context.Context, ci.System) error { return tc.upErr }}
+			err := e.Dispatch(context.Background(), args, hooks)
+			if got := ExitCode(err, func(k string) string { return env[k] }); got != tc.want {
+				t.Errorf("exit code %d, want %d (err %v)", got, tc.want, err)
+			}
+		})
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"strconv"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // JobEnvDir is the variable config puts into job_env: the job's directory, which the runner
@@ -35,7 +36,7 @@ type jobResponse struct {
 // Job is the GitLab job a stage works for, and where its files are.
 type Job struct {
 	// Identity is the job as the CI adapter reports it.
-	Identity ci.JobIdentity
+	Identity cijob.Identity
 	// Dir is the job's own directory: state, env file, certificates, buildx configuration.
 	Dir string
 	// EnvFile is the env file in Dir.
@@ -52,8 +53,7 @@ var digits = regexp.MustCompile(`^[0-9]{1,19}$`)
 // job finds the job of this stage. Its id comes from the runner's job response when there is
 // one: a job's CI/CD variables may override CI_JOB_ID, and the id names the directory with the
 // job's client key. Name, commit and project id come from there too; the rest from CUSTOM_ENV_ variables.
-func (e *Executor) job() (Job, error) {
-	s := e.settings()
+func (e *Executor) job(s Settings) (Job, error) {
 	id := ci.GitLabJob(e.getenv, ci.GitLabCustomExecutorPrefix)
 	var job Job
 	if path := e.getenv(EnvJobResponseFile); path != "" {
@@ -99,9 +99,9 @@ func (e *Executor) job() (Job, error) {
 	return job, nil
 }
 
-// platform returns the CI adapter for the job: inputs from the administrator and, where
+// ciSystem returns the CI adapter for the job: inputs from the administrator and, where
 // allowed, the job's CUSTOM_ENV_BUILDKIT_* variables; state in the job's directory.
-func (e *Executor) platform(job Job, cfg ci.GitLabConfig) (*ci.GitLab, error) {
+func (e *Executor) ciSystem(job Job, cfg ci.GitLabConfig) (*ci.GitLab, error) {
 	s := e.settings()
 	cfg.Getenv = e.getenv
 	cfg.VarPrefix = ci.GitLabCustomExecutorPrefix

@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
 // Names of the hook's own settings, read by SettingsFromEnv from the hook's process environment
@@ -129,7 +129,7 @@ func (s Settings) validate() error {
 // SettingsFromEnv reads the settings from the hook's environment (os.Environ's form), the
 // variables named by the Env* constants; every EPHEMERAL_BUILDKIT_INPUT_<NAME> is the input
 // <name> (lower-cased, '_' made '-'). Durations are Go durations ("2m", "30s"); booleans
-// true/false. Hostname defaults to hostname() (the runner pod's name).
+// k8sprov.AcceptedBool. Hostname defaults to hostname() (the runner pod's name).
 func SettingsFromEnv(environ []string, hostname func() (string, error)) (Settings, error) {
 	env := map[string]string{}
 	s := Settings{Inputs: map[string]string{}}
@@ -148,9 +148,9 @@ func SettingsFromEnv(environ []string, hostname func() (string, error)) (Setting
 	s.StateDir = env[EnvStateDir]
 	s.Shell = env[EnvShell]
 	if v := env[EnvPerJobBuildsDir]; v != "" {
-		b, err := strconv.ParseBool(v)
+		b, err := k8sprov.ParseBool(v, false)
 		if err != nil {
-			return s, fmt.Errorf("%s=%q: not true or false", EnvPerJobBuildsDir, v)
+			return s, fmt.Errorf("%s=%q: not a boolean (accepted: %s)", EnvPerJobBuildsDir, v, k8sprov.AcceptedBool)
 		}
 		s.PerJobBuildsDir = b
 	}

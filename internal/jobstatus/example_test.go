@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
-	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
 // The janitor's checker comes from the environment: one checker per CI platform with a token.
@@ -17,7 +17,7 @@ func ExampleFromEnv() {
 	if err != nil {
 		panic(err)
 	}
-	finished, err := checker.JobFinished(context.Background(), k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", JobID: "31337"})
+	finished, err := checker.JobFinished(context.Background(), cijob.Identity{CIPlatform: "github", Repository: "org/app", JobID: "31337"})
 	fmt.Println(finished, errors.Is(err, jobstatus.ErrUnsupportedPlatform))
 
 	none, err := jobstatus.FromEnv(func(string) string { return "" })

@@ -11,11 +11,9 @@ import (
 
 	"github.com/google/go-github/v89/github"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
-
-// PlatformGitHub is the CIPlatform of jobs the GitHub checker answers for.
-const PlatformGitHub = "github"
 
 // DefaultGitHubAPIURL is github.com's REST API.
 const DefaultGitHubAPIURL = "https://api.github.com/"
@@ -106,7 +104,7 @@ func githubWebHost(apiHost string) string {
 // JobFinished reports whether the job's status is "completed". Every other documented status
 // (queued, in_progress, waiting, requested, pending) is false; an unknown status, an API error
 // or an identity that cannot be looked up is an error.
-func (g *GitHub) JobFinished(ctx context.Context, job k8sprov.JobIdentity) (bool, error) {
+func (g *GitHub) JobFinished(ctx context.Context, job cijob.Identity) (bool, error) {
 	owner, repo, ok := strings.Cut(job.Repository, "/")
 	if !ok || owner == "" || repo == "" || strings.Contains(repo, "/") {
 		return false, fmt.Errorf("GitHub repository %q is not OWNER/REPO: %w", job.Repository, ErrUnaskable)

@@ -12,11 +12,9 @@ import (
 
 	gitlab "gitlab.com/gitlab-org/api/client-go/v2"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
-
-// PlatformGitLab is the CIPlatform of jobs the GitLab checker answers for.
-const PlatformGitLab = "gitlab"
 
 // DefaultGitLabURL is GitLab.com.
 const DefaultGitLabURL = "https://gitlab.com"
@@ -96,7 +94,7 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 // scheduled, preparing, canceling) are false; an unknown status, an API error (a 404 too: the
 // project may have been deleted, or renamed when only its path is known, and expiry handles
 // that) or an identity without project id or path and numeric job id is an error.
-func (g *GitLab) JobFinished(ctx context.Context, job k8sprov.JobIdentity) (bool, error) {
+func (g *GitLab) JobFinished(ctx context.Context, job cijob.Identity) (bool, error) {
 	// The numeric project id names the project even after it was renamed or moved; the path
 	// is the fallback for builders that carry none.
 	var project any = job.Repository

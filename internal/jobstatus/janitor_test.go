@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
@@ -35,7 +36,7 @@ func TestJanitorWithCheckers(t *testing.T) {
 
 	owner := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "runner-0", Namespace: ns, UID: "owner-uid"}}
 	objects := []any{owner}
-	jobs := map[string]k8sprov.JobIdentity{
+	jobs := map[string]cijob.Identity{
 		"gitlab-success": {CIPlatform: "gitlab", Repository: "group/app", RunID: "6", JobID: "101", URL: gl.URL + "/group/app/-/jobs/101"},
 		"gitlab-running": {CIPlatform: "gitlab", Repository: "group/app", RunID: "6", JobID: "102", URL: gl.URL + "/group/app/-/jobs/102"},
 		"gitlab-500":     {CIPlatform: "gitlab", Repository: "group/app", RunID: "6", JobID: "103"},
@@ -47,7 +48,7 @@ func TestJanitorWithCheckers(t *testing.T) {
 	}
 	names := map[k8sprov.JobKey]string{}
 	for name, job := range jobs {
-		key := job.Key()
+		key := k8sprov.KeyOf(job)
 		names[key] = name
 		labels := map[string]string{k8sprov.LabelManagedBy: k8sprov.ManagedBy, k8sprov.LabelJobKey: string(key), k8sprov.LabelName: k8sprov.NameBuildkit}
 		annotations := map[string]string{
@@ -78,8 +79,8 @@ func TestJanitorWithCheckers(t *testing.T) {
 	}
 
 	checker := jobstatus.Dispatcher{
-		jobstatus.PlatformGitLab: gitlabChecker(t, gl, time.Second),
-		jobstatus.PlatformGitHub: githubChecker(t, gh, time.Second),
+		cijob.GitLab: gitlabChecker(t, gl, time.Second),
+		cijob.GitHub: githubChecker(t, gh, time.Second),
 	}
 	prov := &k8sprov.Provisioner{Client: client, Now: func() time.Time { return now }}
 	decisions, err := prov.CollectGarbage(context.Background(), ns, checker, false)

@@ -21,13 +21,14 @@ import (
 	"strings"
 	"time"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
 // Errors the checkers wrap, for errors.Is.
 var (
 	// ErrUnsupportedPlatform is returned for a job of a CI platform no checker is configured for
-	// (the "shell" platform of the plain CLI, or GitLab when no GitLab token was given).
+	// (cijob.Shell, the plain CLI, or GitLab when no GitLab token was given).
 	ErrUnsupportedPlatform = errors.New("no job status checker configured for this CI platform")
 	// ErrUnaskable is returned when the job identity lacks what the API needs (a numeric job id,
 	// an owner/repo), or names another server than the one configured.
@@ -40,15 +41,15 @@ var (
 // DefaultTimeout bounds one API request when the configuration sets none.
 const DefaultTimeout = 20 * time.Second
 
-// Dispatcher chooses a checker by the job's CI platform (JobIdentity.CIPlatform: "github",
-// "gitlab"). A job of any other platform is an error wrapping ErrUnsupportedPlatform, so the
+// Dispatcher chooses a checker by the job's CI platform (cijob.Identity.CIPlatform: cijob.GitHub,
+// cijob.GitLab). A job of any other platform is an error wrapping ErrUnsupportedPlatform, so the
 // janitor keeps its builders until they expire.
 type Dispatcher map[string]k8sprov.JobChecker
 
 var _ k8sprov.JobChecker = Dispatcher(nil)
 
 // JobFinished asks the checker registered for job.CIPlatform.
-func (d Dispatcher) JobFinished(ctx context.Context, job k8sprov.JobIdentity) (bool, error) {
+func (d Dispatcher) JobFinished(ctx context.Context, job cijob.Identity) (bool, error) {
 	checker := d[job.CIPlatform]
 	if checker == nil {
 		return false, fmt.Errorf("CI platform %q: %w", job.CIPlatform, ErrUnsupportedPlatform)
@@ -94,7 +95,7 @@ func FromEnv(getenv func(string) string) (k8sprov.JobChecker, error) {
 		if err != nil {
 			errs = append(errs, err)
 		} else {
-			d[PlatformGitHub] = gh
+			d[cijob.GitHub] = gh
 		}
 	}
 	if token := strings.TrimSpace(getenv(EnvGitLabToken)); token != "" {
@@ -102,7 +103,7 @@ func FromEnv(getenv func(string) string) (k8sprov.JobChecker, error) {
 		if err != nil {
 			errs = append(errs, err)
 		} else {
-			d[PlatformGitLab] = gl
+			d[cijob.GitLab] = gl
 		}
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
-	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
 // apiServer is a local stand-in for GitLab's or GitHub's REST API on 127.0.0.1: it answers one
@@ -201,7 +201,7 @@ func TestGitLabJobFinished(t *testing.T) {
 		t.Run(tt.status, func(t *testing.T) {
 			s := newAPIServer(t)
 			s.set(path, http.StatusOK, gitlabJob(123, tt.status))
-			job := k8sprov.JobIdentity{CIPlatform: "gitlab", Repository: "group/sub/app", JobID: "123",
+			job := cijob.Identity{CIPlatform: "gitlab", Repository: "group/sub/app", JobID: "123",
 				URL: "http://" + s.host(t) + "/group/sub/app/-/jobs/123"}
 			finished, err := gitlabChecker(t, s, time.Second).JobFinished(context.Background(), job)
 			if err != nil {
@@ -227,7 +227,7 @@ func TestGitLabAsksByProjectIDWhenKnown(t *testing.T) {
 	s := newAPIServer(t)
 	s.set("/api/v4/projects/278964/jobs/123", http.StatusOK, gitlabJob(123, "success"))
 	s.set("/api/v4/projects/group%2Fold-name/jobs/123", http.StatusNotFound, `{"message":"404 Project Not Found"}`)
-	job := k8sprov.JobIdentity{CIPlatform: "gitlab", Repository: "group/old-name", RepositoryID: "278964", JobID: "123"}
+	job := cijob.Identity{CIPlatform: "gitlab", Repository: "group/old-name", RepositoryID: "278964", JobID: "123"}
 	finished, err := gitlabChecker(t, s, time.Second).JobFinished(context.Background(), job)
 	if err != nil || !finished {
 		t.Fatalf("JobFinished = %v, %v; want true from /projects/278964", finished, err)
@@ -239,13 +239,13 @@ func TestGitLabAsksByProjectIDWhenKnown(t *testing.T) {
 
 func TestGitLabErrorsAreNeverFinished(t *testing.T) {
 	const path = "/api/v4/projects/group%2Fapp/jobs/7"
-	job := k8sprov.JobIdentity{CIPlatform: "gitlab", Repository: "group/app", JobID: "7"}
+	job := cijob.Identity{CIPlatform: "gitlab", Repository: "group/app", JobID: "7"}
 	tests := []struct {
 		name    string
 		code    int
 		body    string
 		delay   time.Duration
-		job     *k8sprov.JobIdentity
+		job     *cijob.Identity
 		wantErr error
 	}{
 		{name: "500", code: http.StatusInternalServerError, body: `{"message":"500 Internal Server Error"}`},
@@ -257,11 +257,11 @@ func TestGitLabErrorsAreNeverFinished(t *testing.T) {
 		{name: "unknown status", code: http.StatusOK, body: gitlabJob(7, "teleported"), wantErr: jobstatus.ErrUnknownStatus},
 		{name: "malformed JSON", code: http.StatusOK, body: `{"status": "success"`},
 		{name: "job id not numeric", code: http.StatusOK, body: gitlabJob(7, "success"),
-			job: &k8sprov.JobIdentity{CIPlatform: "gitlab", Repository: "group/app", JobID: "build@runner"}, wantErr: jobstatus.ErrUnaskable},
+			job: &cijob.Identity{CIPlatform: "gitlab", Repository: "group/app", JobID: "build@runner"}, wantErr: jobstatus.ErrUnaskable},
 		{name: "no project", code: http.StatusOK, body: gitlabJob(7, "success"),
-			job: &k8sprov.JobIdentity{CIPlatform: "gitlab", JobID: "7"}, wantErr: jobstatus.ErrUnaskable},
+			job: &cijob.Identity{CIPlatform: "gitlab", JobID: "7"}, wantErr: jobstatus.ErrUnaskable},
 		{name: "other instance", code: http.StatusOK, body: gitlabJob(7, "success"),
-			job:     &k8sprov.JobIdentity{CIPlatform: "gitlab", Repository: "group/app", JobID: "7", URL: "https://gitlab.other.example/group/app/-/jobs/7"},
+			job:     &cijob.Identity{CIPlatform: "gitlab", Repository: "group/app", JobID: "7", URL: "https://gitlab.other.example/group/app/-/jobs/7"},
 			wantErr: jobstatus.ErrUnaskable},
 	}
 	for _, tt := range tests {
@@ -295,7 +295,7 @@ func TestGitLabCancelledContext(t *testing.T) {
 	s.setDelay(time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	finished, err := gitlabChecker(t, s, 10*time.Second).JobFinished(ctx, k8sprov.JobIdentity{CIPlatform: "gitlab", Repository: "group/app", JobID: "7"})
+	finished, err := gitlabChecker(t, s, 10*time.Second).JobFinished(ctx, cijob.Identity{CIPlatform: "gitlab", Repository: "group/app", JobID: "7"})
 	if err == nil || finished {
 		t.Fatalf("JobFinished = %v, %v; want false and an error", finished, err)
 	}
@@ -315,7 +315,7 @@ func TestGitHubJobFinished(t *testing.T) {
 		t.Run(tt.status+"/"+tt.conclusion, func(t *testing.T) {
 			s := newAPIServer(t)
 			s.set(path, http.StatusOK, githubJob(31337, tt.status, tt.conclusion))
-			job := k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "1", JobID: "31337",
+			job := cijob.Identity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "1", JobID: "31337",
 				URL: "http://" + s.host(t) + "/org/app/actions/runs/42/attempts/1"}
 			finished, err := githubChecker(t, s, time.Second).JobFinished(context.Background(), job)
 			if err != nil {
@@ -345,7 +345,7 @@ func TestGitHubRunAttemptFallback(t *testing.T) {
 		t.Run(tt.status, func(t *testing.T) {
 			s := newAPIServer(t)
 			s.set("/repos/org/app/actions/runs/42/attempts/2", http.StatusOK, githubRun(42, 2, tt.status))
-			job := k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "2", JobID: "image@arc-runner-x"}
+			job := cijob.Identity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "2", JobID: "image@arc-runner-x"}
 			finished, err := githubChecker(t, s, time.Second).JobFinished(context.Background(), job)
 			if err != nil || finished != tt.finished {
 				t.Fatalf("JobFinished = %v, %v; want %v, nil", finished, err, tt.finished)
@@ -355,7 +355,7 @@ func TestGitHubRunAttemptFallback(t *testing.T) {
 	t.Run("no attempt", func(t *testing.T) {
 		s := newAPIServer(t)
 		s.set("/repos/org/app/actions/runs/42", http.StatusOK, githubRun(42, 3, "completed"))
-		job := k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", RunID: "42", JobID: "image"}
+		job := cijob.Identity{CIPlatform: "github", Repository: "org/app", RunID: "42", JobID: "image"}
 		finished, err := githubChecker(t, s, time.Second).JobFinished(context.Background(), job)
 		if err != nil || !finished {
 			t.Fatalf("JobFinished = %v, %v; want true, nil", finished, err)
@@ -365,13 +365,13 @@ func TestGitHubRunAttemptFallback(t *testing.T) {
 
 func TestGitHubErrorsAreNeverFinished(t *testing.T) {
 	const path = "/repos/org/app/actions/jobs/5"
-	job := k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", RunID: "42", JobID: "5"}
+	job := cijob.Identity{CIPlatform: "github", Repository: "org/app", RunID: "42", JobID: "5"}
 	tests := []struct {
 		name    string
 		code    int
 		body    string
 		delay   time.Duration
-		job     *k8sprov.JobIdentity
+		job     *cijob.Identity
 		wantErr error
 	}{
 		{name: "500", code: http.StatusInternalServerError, body: `{"message":"Server Error"}`},
@@ -383,11 +383,11 @@ func TestGitHubErrorsAreNeverFinished(t *testing.T) {
 		{name: "unknown status", code: http.StatusOK, body: githubJob(5, "evaporated", ""), wantErr: jobstatus.ErrUnknownStatus},
 		{name: "no status", code: http.StatusOK, body: `{"id": 5}`, wantErr: jobstatus.ErrUnknownStatus},
 		{name: "repository not owner/repo", code: http.StatusOK, body: githubJob(5, "completed", "success"),
-			job: &k8sprov.JobIdentity{CIPlatform: "github", Repository: "app", JobID: "5"}, wantErr: jobstatus.ErrUnaskable},
+			job: &cijob.Identity{CIPlatform: "github", Repository: "app", JobID: "5"}, wantErr: jobstatus.ErrUnaskable},
 		{name: "nothing numeric", code: http.StatusOK, body: githubJob(5, "completed", "success"),
-			job: &k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", JobID: "image@x"}, wantErr: jobstatus.ErrUnaskable},
+			job: &cijob.Identity{CIPlatform: "github", Repository: "org/app", JobID: "image@x"}, wantErr: jobstatus.ErrUnaskable},
 		{name: "other server", code: http.StatusOK, body: githubJob(5, "completed", "success"),
-			job:     &k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", JobID: "5", URL: "https://ghe.example.com/org/app/actions/runs/42"},
+			job:     &cijob.Identity{CIPlatform: "github", Repository: "org/app", JobID: "5", URL: "https://ghe.example.com/org/app/actions/runs/42"},
 			wantErr: jobstatus.ErrUnaskable},
 	}
 	for _, tt := range tests {
@@ -432,7 +432,7 @@ func TestGitHubWebHost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = gh.JobFinished(context.Background(), k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", JobID: "x", URL: tt.jobURL})
+		_, err = gh.JobFinished(context.Background(), cijob.Identity{CIPlatform: "github", Repository: "org/app", JobID: "x", URL: tt.jobURL})
 		hostRefused := err != nil && strings.Contains(err.Error(), "this checker asks")
 		if hostRefused == tt.ok {
 			t.Errorf("API %s, job %s: error %v, want host accepted = %v", tt.api, tt.jobURL, err, tt.ok)
@@ -446,18 +446,18 @@ func TestDispatcher(t *testing.T) {
 	gh := newAPIServer(t)
 	gh.set("/repos/org/app/actions/jobs/10", http.StatusOK, githubJob(10, "in_progress", ""))
 	d := jobstatus.Dispatcher{
-		jobstatus.PlatformGitLab: gitlabChecker(t, gl, time.Second),
-		jobstatus.PlatformGitHub: githubChecker(t, gh, time.Second),
+		cijob.GitLab: gitlabChecker(t, gl, time.Second),
+		cijob.GitHub: githubChecker(t, gh, time.Second),
 	}
 	ctx := context.Background()
-	if finished, err := d.JobFinished(ctx, k8sprov.JobIdentity{CIPlatform: "gitlab", Repository: "group/app", JobID: "9"}); err != nil || !finished {
+	if finished, err := d.JobFinished(ctx, cijob.Identity{CIPlatform: "gitlab", Repository: "group/app", JobID: "9"}); err != nil || !finished {
 		t.Errorf("gitlab: %v, %v; want true", finished, err)
 	}
-	if finished, err := d.JobFinished(ctx, k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", JobID: "10"}); err != nil || finished {
+	if finished, err := d.JobFinished(ctx, cijob.Identity{CIPlatform: "github", Repository: "org/app", JobID: "10"}); err != nil || finished {
 		t.Errorf("github: %v, %v; want false", finished, err)
 	}
 	for _, platform := range []string{"shell", "", "jenkins"} {
-		finished, err := d.JobFinished(ctx, k8sprov.JobIdentity{CIPlatform: platform, Repository: "org/app", JobID: "10"})
+		finished, err := d.JobFinished(ctx, cijob.Identity{CIPlatform: platform, Repository: "org/app", JobID: "10"})
 		if finished || !errors.Is(err, jobstatus.ErrUnsupportedPlatform) {
 			t.Errorf("platform %q: %v, %v; want ErrUnsupportedPlatform", platform, finished, err)
 		}

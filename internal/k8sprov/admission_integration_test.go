@@ -355,18 +355,18 @@ func TestIntegrationAdmissionPolicyAcceptsRenderedPods(t *testing.T) {
 		"digest-pinned image from an allowed prefix": {
 			Platforms: "linux/arm64", Image: mirror + ":v0.34.2@sha256:" + strings.Repeat("ab", 32),
 		},
-		"owner none": {Platforms: "linux/amd64", Owner: "none"},
+		"owner none": {Platforms: "linux/amd64", OwnerPod: "none"},
 		"everything set": {
 			Platforms:              "linux/amd64,linux/arm64",
 			Requests:               "cpu=500m,memory=256Mi",
 			Limits:                 "memory=8Gi,ephemeral-storage=20Gi",
-			NodeSelectors:          "linux/arm64=node.example.com/pool=arm-builders,disk=ssd;*=team=ci",
+			NodeSelector:           "linux/arm64=node.example.com/pool=arm-builders,disk=ssd;*=team=ci",
 			Tolerations:            "linux/arm64=arch=arm64:NoSchedule,dedicated:NoSchedule;*=spot=true:NoExecute:300",
 			Labels:                 "team=platform,cost-center=ci",
 			Annotations:            "example.com/contact=platform@example.com",
 			BuildkitdFlags:         `--debug --oci-worker-gc-keepstorage="10000"`,
 			BuildkitdConfig:        "[registry.\"docker.io\"]\n  mirrors = [\"mirror.example.com\"]\n",
-			ReadinessTimeout:       "60s",
+			Timeout:                "60s",
 			MaxLifetime:            "168h", // the longest allowed
 			TerminationGracePeriod: "10m",
 		},

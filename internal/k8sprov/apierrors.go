@@ -22,17 +22,27 @@ func (e *ForbiddenError) Error() string {
 
 func (e *ForbiddenError) Unwrap() error { return e.Err }
 
-// explainAPIError turns a Forbidden answer into a ForbiddenError and wraps anything else with
-// what was being done.
+// explainAPIError turns a Forbidden answer into a PodSecurityError, QuotaError or
+// LimitRangeError when that admission refused, or else a ForbiddenError (RBAC), and wraps
+// anything else with what was being done.
 func explainAPIError(err error, verb, resource, namespace, doing string) error {
 	if err == nil {
 		return nil
+	}
+	if pse, ok := asPodSecurityError(err, namespace, doing); ok {
+		return pse
+	}
+	if le, ok := asAdmissionLimitError(err, namespace, doing); ok {
+		return le
 	}
 	if apierrors.IsForbidden(err) {
 		return &ForbiddenError{Verb: verb, Resource: resource, Namespace: namespace, Doing: doing, Err: err}
 	}
 	var fe *ForbiddenError
-	if errors.As(err, &fe) {
+	var pse *PodSecurityError
+	var qe *QuotaError
+	var lre *LimitRangeError
+	if errors.As(err, &fe) || errors.As(err, &pse) || errors.As(err, &qe) || errors.As(err, &lre) {
 		return err
 	}
 	return fmt.Errorf("%s: %w", doing, err)

@@ -7,8 +7,8 @@
 // The pure part computes and never calls the API server; it is golden- and fuzz-tested:
 //   - options.go, parse.go, errors.go: the provisioner's inputs, parsed and validated once
 //     (ParseOptions), with InputError naming input, value and what is accepted;
-//   - identity.go: the job identity and the job key that lets a retried step find its own
-//     objects (JobIdentity.Key);
+//   - identity.go: the job identity's validation and the job key that lets a retried step find its own
+//     objects (KeyOf);
 //   - plan.go: Plan, the validated options plus what was resolved from the cluster (NewPlan);
 //   - labels.go: the labels and annotations every object carries, and the selectors on them;
 //   - render.go, credentials.go, drain.go: the Secret, the pods, the job's certificates and the
@@ -22,5 +22,5 @@
 //   - teardown.go, janitor.go: removal of one job's objects, and of expired or orphaned ones;
 //   - apierrors.go, retry.go: API errors explained, transient ones retried.
 //
-// The package knows nothing about GitHub or GitLab: CI adapters fill JobIdentity and Inputs.
+// The package knows nothing about GitHub or GitLab: CI adapters fill a cijob.Identity and the Inputs.
 package k8sprov

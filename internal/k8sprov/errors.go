@@ -55,3 +55,21 @@ func named(input, value string, err error) error {
 	}
 	return &InputError{Input: input, Value: value, Err: err}
 }
+
+// Flatten lists the errors inside err, looking through errors.Join results at any depth: the
+// provisioner reports several problems at once (ParseOptions, CollectGarbage) and callers show
+// or sort them one by one. It returns nil for nil, and err alone for any other error.
+func Flatten(err error) []error {
+	if err == nil {
+		return nil
+	}
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return []error{err}
+	}
+	var list []error
+	for _, inner := range joined.Unwrap() {
+		list = append(list, Flatten(inner)...)
+	}
+	return list
+}

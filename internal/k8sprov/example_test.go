@@ -5,17 +5,18 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
 // A CI adapter reads the inputs and the job identity; the provisioner resolves the runner pod and
 // renders the job's Secret and one pod per platform.
 func Example() {
-	job := k8sprov.JobIdentity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "1", JobID: "7"}
+	job := cijob.Identity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "1", JobID: "7"}
 	opts, err := k8sprov.ParseOptions(job, k8sprov.Inputs{
-		Platforms:     "linux/amd64,linux/arm64",
-		NodeSelectors: "linux/arm64=pool=arm",
-		Tolerations:   "linux/arm64=arch=arm64:NoSchedule",
+		Platforms:    "linux/amd64,linux/arm64",
+		NodeSelector: "linux/arm64=pool=arm",
+		Tolerations:  "linux/arm64=arch=arm64:NoSchedule",
 	})
 	if err != nil {
 		panic(err)
@@ -55,11 +56,11 @@ func Example() {
 // ParseOptions reports every refused input at once, naming the input, the value and what is
 // accepted.
 func ExampleParseOptions_errors() {
-	_, err := k8sprov.ParseOptions(k8sprov.JobIdentity{CIPlatform: "github", JobID: "7"}, k8sprov.Inputs{
+	_, err := k8sprov.ParseOptions(cijob.Identity{CIPlatform: "github", JobID: "7"}, k8sprov.Inputs{
 		Platforms:   "linux/amd64,linux/sparc64",
 		Tolerations: "linux/arm64=arch=arm64:NoFoo",
 	})
-	for _, err := range err.(interface{ Unwrap() []error }).Unwrap() {
+	for _, err := range k8sprov.Flatten(err) {
 		var inputErr *k8sprov.InputError
 		if errors.As(err, &inputErr) {
 			fmt.Printf("%s: %q: %v\n", inputErr.Input, inputErr.Value, inputErr.Err)

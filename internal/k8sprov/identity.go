@@ -9,35 +9,9 @@ import (
 	"regexp"
 	"strings"
 	"unicode"
-)
 
-// JobIdentity says which CI job the builders belong to. CI adapters fill it; it ends up in the
-// builders' annotations (so a person can tell, from any builder pod, whose it is) and its key
-// fields in the JobKey.
-type JobIdentity struct {
-	// CIPlatform names the CI system: "github", "gitlab", "shell", ... Lower-case letters, digits
-	// and dashes. Required.
-	CIPlatform string
-	// Repository is the repository or project, e.g. "org/app".
-	Repository string
-	// RepositoryID is the CI system's numeric id of Repository (GitLab's project id, GitHub's
-	// repository id). Descriptive, not part of the key; the janitor prefers it to the path,
-	// which changes when a project is renamed or moved.
-	RepositoryID string
-	// RunID is the workflow run or pipeline id.
-	RunID string
-	// RunAttempt is the attempt of the run (GitHub re-runs); empty where the CI has none.
-	RunAttempt string
-	// JobID identifies the job uniquely within the run attempt. Required. For GitHub, the job's
-	// check-run id, not GITHUB_JOB, which matrix jobs share.
-	JobID string
-	// JobName is the human name of the job, for annotations only.
-	JobName string
-	// Commit is the commit being built (hex, 7 to 64 digits).
-	Commit string
-	// URL points to the job's page.
-	URL string
-}
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
+)
 
 // Names of the identity fields in errors, prefixed like inputs.
 const (
@@ -62,8 +36,9 @@ var (
 	numericIDPattern  = regexp.MustCompile(`^[1-9][0-9]{0,19}$`)
 )
 
-// Validate checks every field and returns all problems joined, each an *InputError.
-func (id JobIdentity) Validate() error {
+// ValidateJob checks every field of the job's identity for what the builders' annotations can
+// carry and returns all problems joined, each an *InputError.
+func ValidateJob(id cijob.Identity) error {
 	var errs []error
 	fields := []struct {
 		name, value string
@@ -129,11 +104,10 @@ const jobKeyLength = 12
 
 var jobKeyEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
 
-// Key derives the job key from the fields that identify one attempt of one job: CI platform,
+// KeyOf derives the job key from the fields that identify one attempt of one job: CI platform,
 // repository, run, attempt and job id. RepositoryID, JobName, Commit and URL are descriptive and
-// left out, so
-// correcting them does not orphan builders.
-func (id JobIdentity) Key() JobKey {
+// left out, so correcting them does not orphan builders.
+func KeyOf(id cijob.Identity) JobKey {
 	h := sha256.New()
 	for _, field := range []string{id.CIPlatform, id.Repository, id.RunID, id.RunAttempt, id.JobID} {
 		// A length prefix keeps ("ab","c") and ("a","bc") apart.

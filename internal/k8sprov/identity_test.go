@@ -5,11 +5,13 @@ import (
 	"testing"
 
 	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 func TestJobKeyIsStableShortAndDistinct(t *testing.T) {
-	key := testJob.Key()
-	if key != testJob.Key() {
+	key := KeyOf(testJob)
+	if key != KeyOf(testJob) {
 		t.Fatal("key differs between two computations")
 	}
 	if len(key) != jobKeyLength || len(validation.IsDNS1123Label(string(key))) > 0 || len(validation.IsValidLabelValue(string(key))) > 0 {
@@ -17,42 +19,42 @@ func TestJobKeyIsStableShortAndDistinct(t *testing.T) {
 	}
 	descriptive := testJob
 	descriptive.JobName, descriptive.Commit, descriptive.URL, descriptive.RepositoryID = "renamed", "ffffffff", "https://elsewhere.example/", "99"
-	if descriptive.Key() != key {
+	if KeyOf(descriptive) != key {
 		t.Error("descriptive fields changed the key: correcting them would orphan builders")
 	}
 	seen := map[JobKey]string{key: "original"}
-	for name, change := range map[string]func(*JobIdentity){
-		"ci platform": func(id *JobIdentity) { id.CIPlatform = "gitlab" },
-		"repository":  func(id *JobIdentity) { id.Repository = "org/other" },
-		"run":         func(id *JobIdentity) { id.RunID = "1" },
-		"attempt":     func(id *JobIdentity) { id.RunAttempt = "2" },
-		"job":         func(id *JobIdentity) { id.JobID = "2" },
-		"boundaries":  func(id *JobIdentity) { id.Repository, id.RunID = id.Repository+id.RunID[:1], id.RunID[1:] },
+	for name, change := range map[string]func(*cijob.Identity){
+		"ci platform": func(id *cijob.Identity) { id.CIPlatform = "gitlab" },
+		"repository":  func(id *cijob.Identity) { id.Repository = "org/other" },
+		"run":         func(id *cijob.Identity) { id.RunID = "1" },
+		"attempt":     func(id *cijob.Identity) { id.RunAttempt = "2" },
+		"job":         func(id *cijob.Identity) { id.JobID = "2" },
+		"boundaries":  func(id *cijob.Identity) { id.Repository, id.RunID = id.Repository+id.RunID[:1], id.RunID[1:] },
 	} {
 		id := testJob
 		change(&id)
-		if other, dup := seen[id.Key()]; dup {
+		if other, dup := seen[KeyOf(id)]; dup {
 			t.Errorf("changing the %s gives the same key as %s", name, other)
 		}
-		seen[id.Key()] = name
+		seen[KeyOf(id)] = name
 	}
 }
 
 func TestJobIdentityValidate(t *testing.T) {
-	if err := testJob.Validate(); err != nil {
+	if err := ValidateJob(testJob); err != nil {
 		t.Fatalf("valid identity refused: %v", err)
 	}
-	for field, change := range map[string]func(*JobIdentity){
-		IdentityCIPlatform: func(id *JobIdentity) { id.CIPlatform = "GitHub" },
-		IdentityJobID:      func(id *JobIdentity) { id.JobID = "" },
-		IdentityCommit:     func(id *JobIdentity) { id.Commit = "main" },
-		IdentityURL:        func(id *JobIdentity) { id.URL = "/relative" },
-		IdentityJobName:    func(id *JobIdentity) { id.JobName = "two\nlines" },
-		IdentityRepoID:     func(id *JobIdentity) { id.RepositoryID = "group/app" },
+	for field, change := range map[string]func(*cijob.Identity){
+		IdentityCIPlatform: func(id *cijob.Identity) { id.CIPlatform = "GitHub" },
+		IdentityJobID:      func(id *cijob.Identity) { id.JobID = "" },
+		IdentityCommit:     func(id *cijob.Identity) { id.Commit = "main" },
+		IdentityURL:        func(id *cijob.Identity) { id.URL = "/relative" },
+		IdentityJobName:    func(id *cijob.Identity) { id.JobName = "two\nlines" },
+		IdentityRepoID:     func(id *cijob.Identity) { id.RepositoryID = "group/app" },
 	} {
 		id := testJob
 		change(&id)
-		err := id.Validate()
+		err := ValidateJob(id)
 		var inputErr *InputError
 		if !errors.As(err, &inputErr) || inputErr.Input != field {
 			t.Errorf("%s: Validate = %v, want an InputError for it", field, err)

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/pki"
 	"github.com/org/setup-ephemeral-buildkit/internal/platform"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
@@ -74,11 +75,11 @@ func (e *jobEnv) plan(t *testing.T, jobID string, in Inputs) Plan { return e.pla
 
 func (e *jobEnv) planB(t testing.TB, jobID string, in Inputs) Plan {
 	t.Helper()
-	if in.NodeSelectors == "" {
-		in.NodeSelectors = archSelectors(e.cluster)
+	if in.NodeSelector == "" {
+		in.NodeSelector = archSelectors(e.cluster)
 	}
 	in.TerminationGracePeriod = "5s"
-	opts, err := ParseOptions(JobIdentity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "1", JobID: jobID, JobName: "image"}, in)
+	opts, err := ParseOptions(cijob.Identity{CIPlatform: "github", Repository: "org/app", RunID: "42", RunAttempt: "1", JobID: jobID, JobName: "image"}, in)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -281,7 +282,7 @@ func TestIntegrationUnschedulableArchIsDiagnosedFast(t *testing.T) {
 	defer cancel()
 	env := newJobEnv(t, ctx)
 	// No node carries kubernetes.io/arch=s390x.
-	plan := env.plan(t, "unschedulable", Inputs{Platforms: "linux/s390x", NodeSelectors: "*=kubernetes.io/os=linux"})
+	plan := env.plan(t, "unschedulable", Inputs{Platforms: "linux/s390x", NodeSelector: "*=kubernetes.io/os=linux"})
 	started := time.Now()
 	_, err := env.provisioner(t).Provision(ctx, plan)
 	elapsed := time.Since(started)
@@ -291,6 +292,13 @@ func TestIntegrationUnschedulableArchIsDiagnosedFast(t *testing.T) {
 	}
 	if !strings.Contains(berr.Message, "node(s) didn't match Pod's node affinity/selector") {
 		t.Errorf("diagnosis lacks the scheduler's message: %q", berr.Message)
+	}
+	// The runner's Role may not list nodes: the diagnosis says so rather than failing on it.
+	for _, want := range []string{"the builder for linux/s390x selects nodes with kubernetes.io/arch=s390x,kubernetes.io/os=linux",
+		"which nodes exist is unknown: the token may not list nodes"} {
+		if !strings.Contains(berr.Message, want) {
+			t.Errorf("diagnosis lacks %q: %q", want, berr.Message)
+		}
 	}
 	if elapsed > 10*time.Second {
 		t.Errorf("diagnosed after %v, want under 10s", elapsed)
@@ -433,8 +441,9 @@ func TestIntegrationOwnerDiscovery(t *testing.T) {
 	defer cancel()
 	env := newJobEnv(t, ctx)
 	client := kubernetes.NewForConfigOrDie(env.saConfig)
-	env_ := map[string]string{"ACTIONS_RUNNER_POD_NAME": "", "POD_NAME": "gone-pod", "RUNNER_NAME": env.runner.Name}
-	owner, err := ResolveOwner(ctx, client, env.ns, OwnerLookup{Getenv: func(k string) string { return env_[k] }, Hostname: "some-host"})
+	env_ := map[string]string{"POD_NAME": "gone-pod"}
+	fromCI := []cijob.RunnerCandidate{{Name: "gone-runner", Source: "ACTIONS_RUNNER_POD_NAME"}, {Name: env.runner.Name, Source: "RUNNER_NAME"}}
+	owner, err := ResolveOwner(ctx, client, env.ns, OwnerLookup{Candidates: fromCI, Getenv: func(k string) string { return env_[k] }, Hostname: "some-host"})
 	if err != nil {
 		t.Fatalf("ResolveOwner: %v", err)
 	}
@@ -447,12 +456,12 @@ func TestIntegrationOwnerDiscovery(t *testing.T) {
 		t.Fatalf("error = %v, want one listing every candidate tried", err)
 	}
 	// An explicit name that does not exist is an error, not a reason to guess.
-	_, err = ResolveOwner(ctx, client, env.ns, OwnerLookup{Selection: OwnerSelection{Name: "typo"}, Getenv: func(k string) string { return env_[k] }})
+	_, err = ResolveOwner(ctx, client, env.ns, OwnerLookup{Selection: OwnerSelection{Name: "typo"}, Candidates: fromCI, Getenv: func(k string) string { return env_[k] }})
 	if !errors.As(err, &nf) {
 		t.Fatalf("explicit missing owner: err = %v", err)
 	}
 	// A namespace mismatch is refused before anything is created.
-	opts, _ := ParseOptions(JobIdentity{CIPlatform: "github", JobID: "x"}, Inputs{Platforms: "linux/amd64"})
+	opts, _ := ParseOptions(cijob.Identity{CIPlatform: "github", JobID: "x"}, Inputs{Platforms: "linux/amd64"})
 	if _, err := NewPlan(opts, Resolution{Namespace: env.ns, Owner: &RunnerPod{Name: "r", Namespace: "elsewhere", UID: "u"}, CreatedAt: time.Now()}); err == nil {
 		t.Error("an owner in another namespace was accepted")
 	}
@@ -461,7 +470,7 @@ func TestIntegrationOwnerDiscovery(t *testing.T) {
 // fakeChecker answers JobFinished from a table keyed by job id; unknown ids are an error.
 type fakeChecker map[string]bool
 
-func (f fakeChecker) JobFinished(_ context.Context, job JobIdentity) (bool, error) {
+func (f fakeChecker) JobFinished(_ context.Context, job cijob.Identity) (bool, error) {
 	finished, ok := f[job.JobID]
 	if !ok {
 		return false, fmt.Errorf("API unavailable for job %s", job.JobID)

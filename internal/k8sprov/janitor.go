@@ -10,13 +10,17 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
-// JobChecker answers whether the CI job behind a builder has finished. The CI adapters implement
-// it with the GitHub and GitLab APIs. An error means "unknown": the janitor then keeps the
-// builder, because deleting a running job's builder is worse than keeping a dead one a while.
+// JobChecker answers whether the CI job behind a builder has finished, given the identity the
+// builder's annotations record (JobFromAnnotations). Package jobstatus implements it with the
+// GitHub and GitLab APIs, dispatched by the identity's CIPlatform; the CI adapters of package ci
+// have nothing to do with it. An error means "unknown": the janitor then keeps the builder,
+// because deleting a running job's builder is worse than keeping a dead one a while.
 type JobChecker interface {
-	JobFinished(ctx context.Context, job JobIdentity) (finished bool, err error)
+	JobFinished(ctx context.Context, job cijob.Identity) (finished bool, err error)
 }
 
 // GCDecision is the janitor's verdict on one job's objects.
@@ -31,9 +35,9 @@ type GCDecision struct {
 }
 
 // JobFromAnnotations reads the job identity the provisioner wrote onto a builder.
-func JobFromAnnotations(obj metav1.Object) JobIdentity {
+func JobFromAnnotations(obj metav1.Object) cijob.Identity {
 	a := obj.GetAnnotations()
-	return JobIdentity{
+	return cijob.Identity{
 		CIPlatform: a[AnnotationCIPlatform], Repository: a[AnnotationRepository], RepositoryID: a[AnnotationRepositoryID], RunID: a[AnnotationRunID],
 		RunAttempt: a[AnnotationRunAttempt], JobID: a[AnnotationJobID], JobName: a[AnnotationJobName],
 		Commit: a[AnnotationCommit], URL: a[AnnotationJobURL],

@@ -12,26 +12,28 @@ import (
 	apivalidation "k8s.io/apimachinery/pkg/api/validation"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/platform"
 )
 
-// Names of the provisioner's inputs, as errors name them. CI adapters are encouraged to use the
-// same names for their own inputs (action.yml, CI/CD component inputs, CLI flags).
+// Names of the provisioner's inputs, as errors name them: the names users write in action.yml,
+// the CI/CD component's inputs, the hook's settings and the CLI's flags, so an error names what
+// the user wrote.
 const (
 	InputPlatforms              = "platforms"
-	InputOwner                  = "owner"
+	InputOwnerPod               = "owner-pod"
 	InputNamespace              = "namespace"
 	InputImage                  = "image"
 	InputRequests               = "requests"
 	InputLimits                 = "limits"
-	InputNodeSelectors          = "node-selectors"
+	InputNodeSelector           = "node-selector"
 	InputTolerations            = "tolerations"
 	InputLabels                 = "labels"
 	InputAnnotations            = "annotations"
 	InputBuildkitdFlags         = "buildkitd-flags"
 	InputBuildkitdConfig        = "buildkitd-config"
 	InputRootless               = "rootless"
-	InputReadinessTimeout       = "readiness-timeout"
+	InputTimeout                = "timeout"
 	InputMaxLifetime            = "max-lifetime"
 	InputTerminationGracePeriod = "termination-grace-period"
 )
@@ -70,7 +72,7 @@ const (
 	maxDrainQuietPeriod       = 5 * time.Minute
 )
 
-// OwnerNone is the owner input that opts out of an owner reference, for runners outside the
+// OwnerNone is the owner-pod input that opts out of an owner reference, for runners outside the
 // cluster: cleanup then relies on teardown, the pods' deadline and the janitor.
 const OwnerNone = "none"
 
@@ -78,19 +80,19 @@ const OwnerNone = "none"
 // ParseOptions turns them into Options; the syntax of each is in its parser's documentation.
 type Inputs struct {
 	Platforms              string // ParseList in package platform: "linux/amd64,linux/arm64"
-	Owner                  string // runner pod name, "none", or empty to discover
+	OwnerPod               string // runner pod name, "none", or empty to discover
 	Namespace              string
 	Image                  string
 	Requests               string // ParseResourceList: "cpu=500m,memory=1Gi"
 	Limits                 string // ParseResourceList
-	NodeSelectors          string // ParseNodeSelectors: "linux/arm64=pool=arm"
+	NodeSelector           string // ParseNodeSelectors: "linux/arm64=pool=arm"
 	Tolerations            string // ParseTolerations: "linux/arm64=arch=arm64:NoSchedule"
 	Labels                 string // ParseLabels
 	Annotations            string // ParseAnnotations
 	BuildkitdFlags         string // ParseBuildkitdFlags
 	BuildkitdConfig        string // buildkitd.toml content
 	Rootless               string // ParseBool
-	ReadinessTimeout       string // ParseDuration
+	Timeout                string // ParseDuration: the readiness timeout
 	MaxLifetime            string // ParseDuration
 	TerminationGracePeriod string // ParseDuration
 }
@@ -98,7 +100,7 @@ type Inputs struct {
 // OwnerSelection says which pod should own the builders.
 type OwnerSelection struct {
 	// Name is the runner pod's name, when given explicitly. Empty with None false means: discover
-	// it (ACTIONS_RUNNER_POD_NAME, POD_NAME, RUNNER_NAME or the hostname).
+	// it (the CI system's candidates, POD_NAME or the hostname; see ResolveOwner).
 	Name string
 	// None opts out of an owner reference.
 	None bool
@@ -107,7 +109,7 @@ type OwnerSelection struct {
 // Options are the provisioner's validated settings. Build them with ParseOptions, or fill them in
 // code and call WithDefaults and Validate.
 type Options struct {
-	Job JobIdentity
+	Job cijob.Identity
 	// Platforms to provision, one builder each, in order. Empty means the architecture of the
 	// node the runner pod runs on, which the provisioner resolves (see Resolution).
 	Platforms []platform.Platform
@@ -143,7 +145,7 @@ type Options struct {
 // ParseOptions reads every input, applies the defaults and validates the result: the one place
 // where the provisioner's settings are checked. It reports all problems at once, each an
 // *InputError, joined with errors.Join.
-func ParseOptions(job JobIdentity, in Inputs) (Options, error) {
+func ParseOptions(job cijob.Identity, in Inputs) (Options, error) {
 	opts := Options{Job: job}
 	var errs []error
 	collect := func(input, value string, err error) {
@@ -162,15 +164,15 @@ func ParseOptions(job JobIdentity, in Inputs) (Options, error) {
 		}
 		errs = append(errs, &InputError{Input: InputPlatforms, Value: value, Err: err, Accepted: "a comma-separated list of " + platform.Accepted})
 	}
-	opts.Owner = parseOwner(in.Owner)
+	opts.Owner = parseOwner(in.OwnerPod)
 	opts.Namespace = strings.TrimSpace(in.Namespace)
 	opts.Image = strings.TrimSpace(in.Image)
 	opts.Resources.Requests, err = ParseResourceList(in.Requests)
 	collect(InputRequests, in.Requests, err)
 	opts.Resources.Limits, err = ParseResourceList(in.Limits)
 	collect(InputLimits, in.Limits, err)
-	opts.NodeSelectors, err = ParseNodeSelectors(in.NodeSelectors)
-	collect(InputNodeSelectors, in.NodeSelectors, err)
+	opts.NodeSelectors, err = ParseNodeSelectors(in.NodeSelector)
+	collect(InputNodeSelector, in.NodeSelector, err)
 	opts.Tolerations, err = ParseTolerations(in.Tolerations)
 	collect(InputTolerations, in.Tolerations, err)
 	opts.Labels, err = ParseLabels(in.Labels)
@@ -180,14 +182,14 @@ func ParseOptions(job JobIdentity, in Inputs) (Options, error) {
 	opts.BuildkitdFlags, err = ParseBuildkitdFlags(in.BuildkitdFlags)
 	collect(InputBuildkitdFlags, in.BuildkitdFlags, err)
 	opts.BuildkitdConfig = in.BuildkitdConfig
-	opts.Rootless, err = ParseBool(in.Rootless)
+	opts.Rootless, err = ParseBool(in.Rootless, false)
 	collect(InputRootless, in.Rootless, err)
 	for _, d := range []struct {
 		input string
 		text  string
 		into  *time.Duration
 	}{
-		{InputReadinessTimeout, in.ReadinessTimeout, &opts.ReadinessTimeout},
+		{InputTimeout, in.Timeout, &opts.ReadinessTimeout},
 		{InputMaxLifetime, in.MaxLifetime, &opts.MaxLifetime},
 		{InputTerminationGracePeriod, in.TerminationGracePeriod, &opts.TerminationGracePeriod},
 	} {
@@ -209,7 +211,7 @@ func ParseOptions(job JobIdentity, in Inputs) (Options, error) {
 	for _, err := range errs {
 		failed[err.(*InputError).Input] = true
 	}
-	for _, err := range flatten(opts.Validate()) {
+	for _, err := range Flatten(opts.Validate()) {
 		var inputErr *InputError
 		if errors.As(err, &inputErr) && failed[inputErr.Input] {
 			continue
@@ -220,22 +222,6 @@ func ParseOptions(job JobIdentity, in Inputs) (Options, error) {
 		return Options{}, errors.Join(errs...)
 	}
 	return opts, nil
-}
-
-// flatten lists the errors inside nested errors.Join results.
-func flatten(err error) []error {
-	if err == nil {
-		return nil
-	}
-	joined, ok := err.(interface{ Unwrap() []error })
-	if !ok {
-		return []error{err}
-	}
-	var list []error
-	for _, inner := range joined.Unwrap() {
-		list = append(list, flatten(inner)...)
-	}
-	return list
 }
 
 func parseOwner(s string) OwnerSelection {
@@ -282,14 +268,14 @@ func (o Options) Validate() error {
 			errs = append(errs, err)
 		}
 	}
-	add(o.Job.Validate())
+	add(ValidateJob(o.Job))
 	add(validatePlatforms(o.Platforms))
 	if o.Owner.None && o.Owner.Name != "" {
-		add(&InputError{Input: InputOwner, Value: o.Owner.Name, Err: errors.New("both a name and none"), Accepted: ownerAccepted})
+		add(&InputError{Input: InputOwnerPod, Value: o.Owner.Name, Err: errors.New("both a name and none"), Accepted: ownerAccepted})
 	}
 	if o.Owner.Name != "" {
 		if msgs := validation.IsDNS1123Subdomain(o.Owner.Name); len(msgs) > 0 {
-			add(&InputError{Input: InputOwner, Value: o.Owner.Name, Err: errors.New(strings.Join(msgs, "; ")), Accepted: ownerAccepted})
+			add(&InputError{Input: InputOwnerPod, Value: o.Owner.Name, Err: errors.New(strings.Join(msgs, "; ")), Accepted: ownerAccepted})
 		}
 	}
 	if o.Namespace != "" {
@@ -315,7 +301,7 @@ func (o Options) Validate() error {
 	if o.BuildkitdConfig != "" {
 		add(named(InputBuildkitdConfig, o.BuildkitdConfig, validateBuildkitdConfig(o.BuildkitdConfig)))
 	}
-	add(validateDuration(InputReadinessTimeout, o.ReadinessTimeout, minReadinessTimeout, maxReadinessTimeout))
+	add(validateDuration(InputTimeout, o.ReadinessTimeout, minReadinessTimeout, maxReadinessTimeout))
 	lifetimeErr := validateDuration(InputMaxLifetime, o.MaxLifetime, minMaxLifetime, maxMaxLifetime)
 	add(lifetimeErr)
 	add(validateDuration(InputTerminationGracePeriod, o.TerminationGracePeriod, time.Second, maxTerminationGracePeriod))
@@ -323,7 +309,7 @@ func (o Options) Validate() error {
 	if lifetimeErr == nil && o.ReadinessTimeout >= o.MaxLifetime {
 		add(&InputError{Input: InputMaxLifetime, Value: o.MaxLifetime.String(),
 			Err:      fmt.Errorf("not longer than the readiness timeout %s", o.ReadinessTimeout),
-			Accepted: "a lifetime longer than readiness-timeout"})
+			Accepted: "a lifetime longer than the " + InputTimeout})
 	}
 	return errors.Join(errs...)
 }
@@ -383,11 +369,11 @@ func validateResources(r corev1.ResourceRequirements) error {
 func validateRules(selectors []NodeSelectorRule, tolerations []TolerationRule) error {
 	// Formatting and parsing again checks programmatic rules with the very code that checks text.
 	if _, err := ParseNodeSelectors(FormatNodeSelectors(selectors)); err != nil {
-		return named(InputNodeSelectors, FormatNodeSelectors(selectors), err)
+		return named(InputNodeSelector, FormatNodeSelectors(selectors), err)
 	}
 	for _, rule := range selectors {
 		if len(rule.Labels) == 0 {
-			return &InputError{Input: InputNodeSelectors, Value: formatScope(rule.Platform), Err: errors.New("rule without labels"), Accepted: AcceptedNodeSelectors}
+			return &InputError{Input: InputNodeSelector, Value: formatScope(rule.Platform), Err: errors.New("rule without labels"), Accepted: AcceptedNodeSelectors}
 		}
 	}
 	if _, err := ParseTolerations(FormatTolerations(tolerations)); err != nil {

@@ -42,19 +42,19 @@ func TestParseOptionsDefaults(t *testing.T) {
 func TestParseOptionsReadsEveryInput(t *testing.T) {
 	opts, err := ParseOptions(testJob, Inputs{
 		Platforms:              "linux/amd64, linux/arm64",
-		Owner:                  "runner-1",
+		OwnerPod:               "runner-1",
 		Namespace:              "ci",
 		Image:                  "registry.example/buildkit@sha256:" + strings.Repeat("a", 64),
 		Requests:               "cpu=500m,memory=1Gi",
 		Limits:                 "memory=2Gi",
-		NodeSelectors:          "linux/arm64=pool=arm",
+		NodeSelector:           "linux/arm64=pool=arm",
 		Tolerations:            "linux/arm64=arch=arm64:NoSchedule",
 		Labels:                 "team=ci",
 		Annotations:            "example.com/a=b",
 		BuildkitdFlags:         "--debug",
 		BuildkitdConfig:        "debug = true",
 		Rootless:               "false",
-		ReadinessTimeout:       "30",
+		Timeout:                "30",
 		MaxLifetime:            "1h30m",
 		TerminationGracePeriod: "1s",
 	})
@@ -68,7 +68,7 @@ func TestParseOptionsReadsEveryInput(t *testing.T) {
 		opts.ReadinessTimeout != 30*time.Second || opts.MaxLifetime != 90*time.Minute || opts.TerminationGracePeriod != time.Second {
 		t.Errorf("inputs not all read: %+v", opts)
 	}
-	none, err := ParseOptions(testJob, Inputs{Owner: "None"})
+	none, err := ParseOptions(testJob, Inputs{OwnerPod: "None"})
 	if err != nil || !none.Owner.None {
 		t.Errorf("owner None: %+v, %v", none.Owner, err)
 	}
@@ -84,7 +84,7 @@ func TestParseOptionsErrorsNameInputValueAndAccepted(t *testing.T) {
 	}{
 		{InputPlatforms, Inputs{Platforms: "linux/amd64,windows/amd64"}, "windows/amd64"},
 		{InputPlatforms, Inputs{Platforms: "linux/arm64,linux/aarch64"}, "aarch64"},
-		{InputOwner, Inputs{Owner: "Runner_1"}, "Runner_1"},
+		{InputOwnerPod, Inputs{OwnerPod: "Runner_1"}, "Runner_1"},
 		{InputNamespace, Inputs{Namespace: "CI"}, "CI"},
 		{InputImage, Inputs{Image: "Docker.io/Moby"}, "Docker.io/Moby"},
 		{InputRequests, Inputs{Requests: "cpu=500m,mem=1Gi"}, "mem=1Gi"},
@@ -92,9 +92,9 @@ func TestParseOptionsErrorsNameInputValueAndAccepted(t *testing.T) {
 		{InputRequests, Inputs{Requests: "cpu=lots"}, "cpu=lots"},
 		{InputLimits, Inputs{Limits: "cpu=1,cpu=2"}, "cpu=2"},
 		{InputLimits, Inputs{Requests: "memory=2Gi", Limits: "memory=1Gi"}, "memory=1Gi"},
-		{InputNodeSelectors, Inputs{NodeSelectors: "pool=arm"}, "pool=arm"},
-		{InputNodeSelectors, Inputs{NodeSelectors: "linux/arm64=pool"}, "linux/arm64=pool"},
-		{InputNodeSelectors, Inputs{NodeSelectors: "linux/arm64=a=1;linux/arm64=b=2"}, "linux/arm64=b=2"},
+		{InputNodeSelector, Inputs{NodeSelector: "pool=arm"}, "pool=arm"},
+		{InputNodeSelector, Inputs{NodeSelector: "linux/arm64=pool"}, "linux/arm64=pool"},
+		{InputNodeSelector, Inputs{NodeSelector: "linux/arm64=a=1;linux/arm64=b=2"}, "linux/arm64=b=2"},
 		{InputTolerations, Inputs{Tolerations: "linux/arm64=arch=arm64:NoFoo"}, "linux/arm64=arch=arm64:NoFoo"},
 		{InputTolerations, Inputs{Tolerations: "*=arch:NoSchedule:30"}, "*=arch:NoSchedule:30"},
 		{InputTolerations, Inputs{Tolerations: "*=:NoSchedule"}, "*=:NoSchedule"},
@@ -106,10 +106,11 @@ func TestParseOptionsErrorsNameInputValueAndAccepted(t *testing.T) {
 		{InputBuildkitdFlags, Inputs{BuildkitdFlags: `--debug "unterminated`}, `--debug "unterminated`},
 		{InputBuildkitdConfig, Inputs{BuildkitdConfig: "[worker.oci\nenabled = true"}, "[worker.oci"},
 		{InputRootless, Inputs{Rootless: "yes"}, "yes"},
-		{InputReadinessTimeout, Inputs{ReadinessTimeout: "soon"}, "soon"},
-		{InputReadinessTimeout, Inputs{ReadinessTimeout: "2h"}, "2h0m0s"},
+		{InputRootless, Inputs{Rootless: "tRuE"}, "tRuE"},
+		{InputTimeout, Inputs{Timeout: "soon"}, "soon"},
+		{InputTimeout, Inputs{Timeout: "2h"}, "2h0m0s"},
 		{InputMaxLifetime, Inputs{MaxLifetime: "30d"}, "30d"},
-		{InputMaxLifetime, Inputs{MaxLifetime: "2m", ReadinessTimeout: "5m"}, "2m0s"},
+		{InputMaxLifetime, Inputs{MaxLifetime: "2m", Timeout: "5m"}, "2m0s"},
 		{InputTerminationGracePeriod, Inputs{TerminationGracePeriod: "0"}, "0"},
 		{InputTerminationGracePeriod, Inputs{TerminationGracePeriod: "-1s"}, "-1s"},
 		{IdentityJobID, Inputs{}, ""},
@@ -208,5 +209,27 @@ func TestParseAnnotationsKeepsCommasInMultiLineInput(t *testing.T) {
 	}
 	if got["example.com/list"] != "a,b,c" || got["example.com/other"] != "x" {
 		t.Errorf("ParseAnnotations = %v", got)
+	}
+}
+
+// TestParseBoolAcceptsTheToolkitsWords holds the one boolean parser to the words of the Actions
+// toolkit's getBooleanInput, and nothing else.
+func TestParseBoolAcceptsTheToolkitsWords(t *testing.T) {
+	for in, want := range map[string]bool{"true": true, "True": true, "TRUE": true, " true\n": true, "false": false, "False": false, "FALSE": false} {
+		if got, err := ParseBool(in, !want); err != nil || got != want {
+			t.Errorf("ParseBool(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, def := range []bool{true, false} {
+		if got, err := ParseBool("  ", def); err != nil || got != def {
+			t.Errorf("ParseBool(blank, %v) = %v, %v; want the default", def, got, err)
+		}
+	}
+	for _, in := range []string{"tRuE", "yes", "1", "0", "on", "t", "f"} {
+		_, err := ParseBool(in, false)
+		var inputErr *InputError
+		if !errors.As(err, &inputErr) || inputErr.Value != in || inputErr.Accepted != AcceptedBool {
+			t.Errorf("ParseBool(%q) = %v, want an InputError naming the value and %s", in, err, AcceptedBool)
+		}
 	}
 }

@@ -10,6 +10,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
 // ServiceAccountNamespaceFile is where a pod's own namespace is mounted with its token.
@@ -22,7 +24,11 @@ type OwnerLookup struct {
 	Selection OwnerSelection
 	// Namespace is the explicit namespace input; empty means discover.
 	Namespace string
-	// Getenv reads the environment (ACTIONS_RUNNER_POD_NAME, POD_NAME, RUNNER_NAME, POD_NAMESPACE).
+	// Candidates are the names the CI system gives the runner pod, best first (the CI adapter's
+	// RunnerCandidates: ACTIONS_RUNNER_POD_NAME, RUNNER_NAME on GitHub).
+	Candidates []cijob.RunnerCandidate
+	// Getenv reads the environment: the Kubernetes downward API's conventional POD_NAME and
+	// POD_NAMESPACE, which any pod may set whatever CI system runs in it.
 	Getenv func(string) string
 	// Hostname is the machine's hostname (a pod's hostname is its name).
 	Hostname string
@@ -39,9 +45,9 @@ type OwnerNotFoundError struct {
 }
 
 func (e *OwnerNotFoundError) Error() string {
-	return fmt.Sprintf("runner pod not found in namespace %q; tried: %s. Set the owner input to the runner pod's name, "+
+	return fmt.Sprintf("runner pod not found in namespace %q; tried: %s. Set the %s input to the runner pod's name, "+
 		"or to \"none\" when the runner does not run in this cluster (cleanup then relies on the pod deadline and the janitor)",
-		e.Namespace, strings.Join(e.Tried, "; "))
+		e.Namespace, strings.Join(e.Tried, "; "), InputOwnerPod)
 }
 
 // ResolveNamespace picks the builders' namespace: explicit, POD_NAMESPACE, the in-cluster
@@ -72,8 +78,8 @@ func ResolveNamespace(l OwnerLookup) (namespace, source string, err error) {
 }
 
 // ResolveOwner finds the runner pod that will own the builders, in this order: the explicit
-// name, ACTIONS_RUNNER_POD_NAME, POD_NAME, then RUNNER_NAME and the hostname when a pod of that
-// name exists. Its UID is read from the API; an explicit name that does not exist is an error,
+// name, the CI system's candidates, POD_NAME, then the hostname; the first that names an
+// existing pod wins. Its UID is read from the API; an explicit name that does not exist is an error,
 // not a fallback. It returns nil when the selection is none.
 func ResolveOwner(ctx context.Context, client kubernetes.Interface, namespace string, l OwnerLookup) (*RunnerPod, error) {
 	if l.Selection.None {
@@ -83,43 +89,41 @@ func ResolveOwner(ctx context.Context, client kubernetes.Interface, namespace st
 	if getenv == nil {
 		getenv = func(string) string { return "" }
 	}
-	type candidate struct{ name, source string }
-	var candidates []candidate
+	var candidates []cijob.RunnerCandidate
 	if l.Selection.Name != "" {
-		candidates = []candidate{{l.Selection.Name, "the owner input"}}
+		candidates = []cijob.RunnerCandidate{{Name: l.Selection.Name, Source: "the " + InputOwnerPod + " input"}}
 	} else {
-		for _, env := range []string{"ACTIONS_RUNNER_POD_NAME", "POD_NAME", "RUNNER_NAME"} {
-			if v := strings.TrimSpace(getenv(env)); v != "" {
-				candidates = append(candidates, candidate{v, env})
-			}
+		candidates = append(candidates, l.Candidates...)
+		if v := strings.TrimSpace(getenv("POD_NAME")); v != "" {
+			candidates = append(candidates, cijob.RunnerCandidate{Name: v, Source: "POD_NAME"})
 		}
 		if l.Hostname != "" {
-			candidates = append(candidates, candidate{l.Hostname, "the hostname"})
+			candidates = append(candidates, cijob.RunnerCandidate{Name: l.Hostname, Source: "the hostname"})
 		}
 	}
 	notFound := &OwnerNotFoundError{Namespace: namespace}
 	if len(candidates) == 0 {
-		notFound.Tried = []string{"owner input (empty)", "ACTIONS_RUNNER_POD_NAME (unset)", "POD_NAME (unset)", "RUNNER_NAME (unset)", "hostname (unknown)"}
+		notFound.Tried = []string{InputOwnerPod + " input (empty)", "the CI system's runner names (none)", "POD_NAME (unset)", "hostname (unknown)"}
 		return nil, notFound
 	}
 	seen := map[string]bool{}
 	for _, c := range candidates {
-		if seen[c.name] {
+		if seen[c.Name] {
 			continue
 		}
-		seen[c.name] = true
-		pod, err := client.CoreV1().Pods(namespace).Get(ctx, c.name, metav1.GetOptions{})
+		seen[c.Name] = true
+		pod, err := client.CoreV1().Pods(namespace).Get(ctx, c.Name, metav1.GetOptions{})
 		switch {
 		case err == nil:
 			if pod.DeletionTimestamp != nil {
-				notFound.Tried = append(notFound.Tried, fmt.Sprintf("%s=%q (being deleted)", c.source, c.name))
+				notFound.Tried = append(notFound.Tried, fmt.Sprintf("%s=%q (being deleted)", c.Source, c.Name))
 				continue
 			}
 			return &RunnerPod{Name: pod.Name, Namespace: pod.Namespace, UID: pod.UID, Annotations: pod.Annotations}, nil
 		case apierrors.IsNotFound(err):
-			notFound.Tried = append(notFound.Tried, fmt.Sprintf("%s=%q (no such pod)", c.source, c.name))
+			notFound.Tried = append(notFound.Tried, fmt.Sprintf("%s=%q (no such pod)", c.Source, c.Name))
 		default:
-			return nil, explainAPIError(err, "get", "pods", namespace, fmt.Sprintf("looking up runner pod %q (from %s)", c.name, c.source))
+			return nil, explainAPIError(err, "get", "pods", namespace, fmt.Sprintf("looking up runner pod %q (from %s)", c.Name, c.Source))
 		}
 	}
 	return nil, notFound

@@ -543,13 +543,20 @@ func ParseDuration(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// ParseBool reads a yes/no input; empty means false.
-func ParseBool(s string) (bool, error) {
-	switch strings.ToLower(strings.TrimSpace(s)) {
-	case "", "false":
-		return false, nil
-	case "true":
+// AcceptedBool describes what ParseBool reads: the YAML 1.2 core schema's booleans, the set the
+// GitHub Actions toolkit's getBooleanInput accepts.
+const AcceptedBool = "true, True, TRUE, false, False or FALSE"
+
+// ParseBool reads a yes/no input, or def when it is empty (blank). It is the one boolean parser:
+// every boolean input, flag and setting goes through it, so all accept the same words.
+func ParseBool(s string, def bool) (bool, error) {
+	switch strings.TrimSpace(s) {
+	case "":
+		return def, nil
+	case "true", "True", "TRUE":
 		return true, nil
+	case "false", "False", "FALSE":
+		return false, nil
 	}
-	return false, inputErrorf(s, "true or false", "not a boolean")
+	return false, inputErrorf(s, AcceptedBool, "not a boolean")
 }

@@ -107,7 +107,7 @@ func NewPlan(opts Options, res Resolution) (Plan, error) {
 	}
 	return Plan{
 		Options:   opts,
-		Key:       opts.Job.Key(),
+		Key:       KeyOf(opts.Job),
 		Namespace: res.Namespace,
 		Owner:     owner,
 		Platforms: append([]platform.Platform(nil), platforms...),

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/validation"
 	"sigs.k8s.io/yaml"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/platform"
 )
 
@@ -24,7 +25,7 @@ var update = flag.Bool("update", false, "rewrite the golden files under testdata
 var (
 	fixedTime  = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	testRunner = &RunnerPod{Name: "arc-runner-x7k2p-runner-9zq4m", Namespace: "ci", UID: "3f1c2b9a-5d4e-4c3b-9a8f-7e6d5c4b3a21"}
-	testJob    = JobIdentity{
+	testJob    = cijob.Identity{
 		CIPlatform:   "github",
 		Repository:   "org/app",
 		RepositoryID: "1296269",
@@ -116,17 +117,17 @@ func TestRenderPodGolden(t *testing.T) {
 			Platforms:              "linux/amd64,linux/arm64",
 			Requests:               "cpu=2,memory=4Gi",
 			Limits:                 "memory=8Gi,ephemeral-storage=20Gi",
-			NodeSelectors:          "linux/arm64=node.example.com/pool=arm-builders,disk=ssd;*=team=ci",
+			NodeSelector:           "linux/arm64=node.example.com/pool=arm-builders,disk=ssd;*=team=ci",
 			Tolerations:            "linux/arm64=arch=arm64:NoSchedule,dedicated:NoSchedule;*=spot=true:NoExecute:300",
 			Labels:                 "team=platform,cost-center=ci",
 			Annotations:            "example.com/contact=platform@example.com\nexample.com/note=built for a, b and c",
 			BuildkitdFlags:         `--debug --oci-worker-gc-keepstorage="10000"`,
 			BuildkitdConfig:        "[registry.\"docker.io\"]\n  mirrors = [\"mirror.example.com\"]\n",
-			ReadinessTimeout:       "60s",
+			Timeout:                "60s",
 			MaxLifetime:            "2h",
 			TerminationGracePeriod: "10m",
 		}},
-		{"pod-amd64-owner-none.yaml", "linux/amd64", Inputs{Owner: "none"}},
+		{"pod-amd64-owner-none.yaml", "linux/amd64", Inputs{OwnerPod: "none"}},
 		{"pod-arm64-rootless.yaml", "linux/arm64", Inputs{Platforms: "linux/arm64", Rootless: "true"}},
 		{"pod-arm-v7.yaml", "linux/arm/v7", Inputs{Platforms: "linux/arm/v7"}},
 	} {
@@ -246,11 +247,11 @@ func TestNewPlanRefuses(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	noneOpts, err := ParseOptions(testJob, Inputs{Platforms: "linux/amd64", Owner: "none"})
+	noneOpts, err := ParseOptions(testJob, Inputs{Platforms: "linux/amd64", OwnerPod: "none"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	namedOpts, err := ParseOptions(testJob, Inputs{Platforms: "linux/amd64", Owner: "someone-else", Namespace: "ci"})
+	namedOpts, err := ParseOptions(testJob, Inputs{Platforms: "linux/amd64", OwnerPod: "someone-else", Namespace: "ci"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,9 +389,9 @@ func TestRenderSecretRefusesMissingCredentials(t *testing.T) {
 
 func TestScheduleForMergesRules(t *testing.T) {
 	plan := testPlan(t, Inputs{
-		Platforms:     "linux/amd64,linux/arm/v7",
-		NodeSelectors: "*=team=ci,pool=general;linux/arm/v7=pool=arm,kubernetes.io/arch=arm64",
-		Tolerations:   "*=spot:NoExecute:60;linux/arm/v7=spot:NoExecute:600,arm:NoSchedule",
+		Platforms:    "linux/amd64,linux/arm/v7",
+		NodeSelector: "*=team=ci,pool=general;linux/arm/v7=pool=arm,kubernetes.io/arch=arm64",
+		Tolerations:  "*=spot:NoExecute:60;linux/arm/v7=spot:NoExecute:600,arm:NoSchedule",
 	})
 	selector, tolerations := plan.Options.ScheduleFor(platform.MustParse("linux/arm/v7"))
 	want := map[string]string{corev1.LabelOSStable: "linux", corev1.LabelArchStable: "arm64", "team": "ci", "pool": "arm"}

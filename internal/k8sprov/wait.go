@@ -366,7 +366,7 @@ func (p *Provisioner) diagnose(ctx context.Context, pod *corev1.Pod, b *Builder,
 	}
 	for _, cond := range pod.Status.Conditions {
 		if cond.Type == corev1.PodScheduled && cond.Status == corev1.ConditionFalse && cond.Reason == corev1.PodReasonUnschedulable && !scalingUp {
-			return berr("Unschedulable", cond.Message)
+			return berr("Unschedulable", p.explainUnschedulable(ctx, pod, b.Platform, cond.Message))
 		}
 	}
 	for _, cs := range pod.Status.ContainerStatuses {

@@ -55,6 +55,13 @@ func (p *resetProxy) serve(ln net.Listener) {
 			continue
 		}
 		p.mu.Lock()
+		if p.refuse {
+			// The port closed while this connection was being set up.
+			p.mu.Unlock()
+			reset(client)
+			reset(server)
+			continue
+		}
 		p.conns[client], p.conns[server] = true, true
 		p.started++
 		p.mu.Unlock()
@@ -212,7 +219,7 @@ func TestIntegrationProvisionSurvivesResetConnections(t *testing.T) {
 	if len(result.Builders) != 2 {
 		t.Fatalf("got %d builders", len(result.Builders))
 	}
-	if !log.has("the API server has not answered") || !log.has("the API server answers again after") {
+	if !log.has("the API server does not answer") || !log.has("the API server answers again after") {
 		t.Errorf("progress did not report the API server's absence and return:\n%s", strings.Join(log.lines, "\n"))
 	}
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -214,5 +215,28 @@ func TestResumingWatchEndsOnForbidden(t *testing.T) {
 	}
 	if _, ok := <-w.ResultChan(); ok {
 		t.Error("watch still open after a refusal retrying cannot fix")
+	}
+}
+
+// A deadline that passes while the API server is away is reported as the API server's absence,
+// with how long it has lasted, not as builders that failed to start.
+func TestTimeoutWhileAPIServerAwayNamesTheAPIServer(t *testing.T) {
+	now := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	pw := &resumingWatch{awaySince: now.Add(-12 * time.Second), awayErr: errors.New("dial tcp 10.0.0.1:6443: connect: connection refused")}
+	w := &builderWaiter{
+		p:         &Provisioner{Now: func() time.Time { return now }},
+		plan:      Plan{Options: Options{ReadinessTimeout: time.Minute}},
+		podWatch:  pw,
+		builders:  []Builder{{Pod: "buildkit-x-amd64"}},
+		lastState: []string{"Pending, on node-1"},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 0)
+	defer cancel()
+	<-ctx.Done()
+	msg := w.timeoutError(ctx).Error()
+	for _, want := range []string{"the API server has not answered for 12.0s", "connection refused", "last known state", "Pending, on node-1"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("message lacks %q:\n%s", want, msg)
+		}
 	}
 }
