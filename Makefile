@@ -50,6 +50,10 @@ unit: ## unit tests only (no cluster)
 test: images
 	hack/test.sh
 
+.PHONY: faults
+faults: images ## the fault-injection suite alone (also part of make test): API server restarts, resets, kills, drains
+	hack/with-cluster.sh $(GO) test -count=1 -v -timeout 20m -run '^TestIntegrationFault' ./cmd/setup-ephemeral-buildkit/
+
 .PHONY: bench
 bench: images ## provision/teardown and concurrency benchmarks against the local cluster
 	hack/with-cluster.sh $(GO) test -run '^$$' -bench Integration -benchtime 3x ./internal/k8sprov/

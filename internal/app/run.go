@@ -356,6 +356,11 @@ func runDown(ctx context.Context, args []string, d Deps) error {
 	if rmErr := os.Remove(filepath.Join(*stateDir, ci.ShellStateFile)); rmErr != nil && !errors.Is(rmErr, os.ErrNotExist) {
 		return errors.Join(err, fmt.Errorf("removing the state: %w", rmErr))
 	}
+	// A state write that a killed up left half done (the fault suite's SIGKILL mid-provision).
+	partial, _ := filepath.Glob(filepath.Join(*stateDir, ci.ShellStateFile+".*"))
+	for _, f := range partial {
+		_ = os.Remove(f)
+	}
 	_ = os.Remove(*stateDir) // only if empty: it may be a directory the user gave
 	return err
 }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stesting "k8s.io/client-go/testing"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
@@ -131,6 +132,10 @@ func TestRunUpEnvDown(t *testing.T) {
 		t.Errorf("env printed:\n%s", stdout.String())
 	}
 
+	// A state write an earlier, killed up left half done goes with the state.
+	if err := os.WriteFile(filepath.Join(stateDir, ci.ShellStateFile+".123456"), []byte("{"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := Run(ctx, []string{"down", "--state-dir", stateDir}, d); err != nil {
 		t.Fatalf("down: %v\n%s", err, stderr.String())
 	}

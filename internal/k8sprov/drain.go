@@ -15,6 +15,12 @@ import (
 // passed, so that buildkitd still gets its SIGTERM before the kill. It needs only shell builtins,
 // date and sleep, and it never fails the hook: a hook error would only add a warning event.
 //
+// It drains only when there is something to drain: when no build is connected at its first look
+// (a normal end of job, where every build step has ended), it returns at once, so the pod goes
+// in about a second instead of waiting out the quiet period. Once it
+// has seen a connection, it waits for the full quiet period after the last one, as a deletion
+// in the middle of a build (a node drain, the runner pod gone, a cancel) needs.
+//
 // Arguments: $1 the quiet period and $2 the deadline, both in whole seconds. Environment, for
 // tests: DRAIN_PROC_NET_DIR (default /proc/net) and DRAIN_LOG (default /proc/1/fd/2, buildkitd's
 // standard error, so that the hook's decisions appear in the container log).
@@ -34,16 +40,27 @@ established() {
   echo "$n"
 }
 quiet_ticks=0
+need_ticks=1
 say "waiting until no build connection has been open for ${quiet_seconds}s"
-while [ "$quiet_ticks" -lt $((quiet_seconds * 2)) ]; do
+while :; do
   if [ "$(date +%s)" -ge "$deadline" ]; then
     say "grace period nearly used, stopping with $(established) build connection(s) open"
     exit 0
   fi
-  if [ "$(established)" -eq 0 ]; then quiet_ticks=$((quiet_ticks + 1)); else quiet_ticks=0; fi
+  if [ "$(established)" -eq 0 ]; then
+    quiet_ticks=$((quiet_ticks + 1))
+  else
+    quiet_ticks=0
+    need_ticks=$((quiet_seconds * 2 + 1))
+  fi
+  [ "$quiet_ticks" -lt "$need_ticks" ] || break
   sleep 0.5 2>/dev/null || sleep 1
 done
-say "no build connection for ${quiet_seconds}s, stopping"
+if [ "$need_ticks" -eq 1 ]; then
+  say "no build connection open, nothing to drain, stopping"
+else
+  say "no build connection for ${quiet_seconds}s, stopping"
+fi
 exit 0
 `
 

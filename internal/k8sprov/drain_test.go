@@ -181,7 +181,11 @@ func TestDrainWaitsWhileABuildIsConnected(t *testing.T) {
 func TestDrainRestartsTheQuietPeriodWhenABuildConnects(t *testing.T) {
 	forEachShell(t, func(t *testing.T, shell []string) {
 		procNet := newFakeProcNet(t)
+		procNet.set(procNetTCP("04D2 01"), procNetTCP6())
 		run := startDrain(t, shell, procNet.dir, 2*time.Second, time.Minute)
+		time.Sleep(time.Second)
+		// The build's connection closes, and within the quiet period another opens.
+		procNet.set(procNetTCP("04D2 0A"), procNetTCP6())
 		time.Sleep(time.Second)
 		procNet.set(procNetTCP("04d2 01"), procNetTCP6()) // lower-case hex counts too
 		time.Sleep(1500 * time.Millisecond)
@@ -196,15 +200,23 @@ func TestDrainRestartsTheQuietPeriodWhenABuildConnects(t *testing.T) {
 	})
 }
 
-func TestDrainReturnsAfterTheQuietPeriodWhenIdle(t *testing.T) {
+// A normal end of job: no build is connected when the pod is deleted, so the hook does not wait
+// out the quiet period (issue 14 item 6: pods gone within 2 s of a normal teardown).
+func TestDrainReturnsAtOnceWhenNothingIsConnected(t *testing.T) {
 	forEachShell(t, func(t *testing.T, shell []string) {
 		procNet := newFakeProcNet(t)
-		run := startDrain(t, shell, procNet.dir, time.Second, time.Minute)
-		if !run.exitedWithin(4 * time.Second) {
-			t.Fatal("idle hook did not return after its quiet period")
+		run := startDrain(t, shell, procNet.dir, 10*time.Second, time.Minute)
+		if !run.exitedWithin(3 * time.Second) {
+			t.Fatal("hook with no build connection still waiting after 3s (quiet period 10s)")
 		}
 		if run.err != nil {
 			t.Fatalf("hook failed: %v", run.err)
+		}
+		if took := run.ended.Sub(run.started); took > time.Second {
+			t.Errorf("hook with nothing to drain took %s, want a single look", took)
+		}
+		if log := run.log(t); !strings.Contains(log, "nothing to drain") {
+			t.Errorf("hook log %q does not say why it stopped", log)
 		}
 	})
 }

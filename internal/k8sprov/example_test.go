@@ -47,7 +47,7 @@ func Example() {
 	}
 	fmt.Println(k8sprov.Endpoint("10.0.0.5"))
 	// Output:
-	// secret buildkit-u3rtcafaqa7e-p4kbo-tls
+	// secret buildkit-u3rtcafaqa7e-0-tls
 	// pod buildkit-u3rtcafaqa7e-amd64 map[kubernetes.io/arch:amd64 kubernetes.io/os:linux]
 	// pod buildkit-u3rtcafaqa7e-arm64 map[kubernetes.io/arch:arm64 kubernetes.io/os:linux pool:arm]
 	// tcp://10.0.0.5:1234

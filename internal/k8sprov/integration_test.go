@@ -538,7 +538,9 @@ func assertNothingLeft(t *testing.T, ctx context.Context, env *jobEnv, plan Plan
 			t.Errorf("pod %s left after a failed provision", p.Name)
 		}
 	}
-	if _, err := env.admin.CoreV1().Secrets(env.ns).Get(ctx, plan.SecretName(), metav1.GetOptions{}); !apierrors.IsNotFound(err) {
-		t.Errorf("Secret %s left after a failed provision (err %v)", plan.SecretName(), err)
+	for _, name := range SecretNames(plan.Key) {
+		if _, err := env.admin.CoreV1().Secrets(env.ns).Get(ctx, name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+			t.Errorf("Secret %s left after a failed provision (err %v)", name, err)
+		}
 	}
 }

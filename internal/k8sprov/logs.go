@@ -32,10 +32,17 @@ func (p *Provisioner) BuilderLogs(ctx context.Context, ns string, key JobKey, pl
 	var logs []BuilderLog
 	for _, pl := range platforms {
 		pod := PodName(key, pl)
-		if _, err := p.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{}); apierrors.IsNotFound(err) {
+		got, err := p.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
 			continue
 		}
-		logs = append(logs, BuilderLog{Platform: pl, Pod: pod, Lines: p.lastLogLines(ctx, ns, pod, lines)})
+		text := p.lastLogLines(ctx, ns, pod, lines)
+		if err == nil {
+			if note := crashNote(got); note != "" {
+				text = note + "\n" + text
+			}
+		}
+		logs = append(logs, BuilderLog{Platform: pl, Pod: pod, Lines: text})
 	}
 	return logs
 }

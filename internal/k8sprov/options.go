@@ -53,10 +53,10 @@ const (
 	// DefaultTerminationGracePeriod bounds how long a deleted builder waits for running builds
 	// (the preStop hook), as the BuildKit operator our users came from does. It only matters when
 	// a builder is deleted mid-build (node drain, runner pod gone): at the end of a job no build
-	// runs and the hook returns after DrainQuietPeriod.
+	// is connected and the hook returns at once.
 	DefaultTerminationGracePeriod = 900 * time.Second
-	// DefaultDrainQuietPeriod is how long the preStop hook must see no build connection before it
-	// lets buildkitd stop.
+	// DefaultDrainQuietPeriod is how long the preStop hook, once it has seen a build connection,
+	// must see none before it lets buildkitd stop.
 	DefaultDrainQuietPeriod = 10 * time.Second
 )
 

@@ -1,11 +1,9 @@
 package k8sprov
 
 import (
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"maps"
-	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -51,6 +49,8 @@ type Plan struct {
 	// Platforms are the platforms to provision, never empty.
 	Platforms []platform.Platform
 	CreatedAt time.Time
+	// SecretSlotOffset moves the Secret's name off the slot preferred for CreatedAt (SecretName).
+	SecretSlotOffset int
 }
 
 // NewPlan validates opts and the resolution against each other and returns the plan rendering
@@ -127,13 +127,11 @@ func PodName(key JobKey, p platform.Platform) string {
 	return "buildkit-" + string(key) + "-" + p.Slug()
 }
 
-// SecretName returns the name of this attempt's Secret, "buildkit-<jobkey>-<nonce>-tls". The
-// nonce comes from the plan's creation time: a retry of the same job gets a new Secret name, so a
-// kubelet that still caches the killed attempt's (immutable) Secret for a terminating pod can
-// never hand the old certificates to the new pod. Teardown finds Secrets by label, not by name.
+// SecretName returns the name of this attempt's Secret, one of SecretNames(p.Key): the slot
+// preferred for the plan's creation time, moved on by SecretSlotOffset. Provision sets the offset
+// so that a retry never reuses a name a pod of the killed attempt mounts.
 func (p Plan) SecretName() string {
-	sum := sha256.Sum256([]byte(p.CreatedAt.UTC().Format(time.RFC3339Nano)))
-	return "buildkit-" + string(p.Key) + "-" + strings.ToLower(jobKeyEncoding.EncodeToString(sum[:])[:5]) + "-tls"
+	return secretNameForSlot(p.Key, (preferredSecretSlot(p.CreatedAt)+p.SecretSlotOffset)%SecretSlots)
 }
 
 // labels returns the labels of the job's objects: user labels first, ours over them.

@@ -96,7 +96,7 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (result *Result,
 	ctx, cancel := context.WithTimeout(ctx, plan.Options.ReadinessTimeout)
 	defer cancel()
 
-	if err := p.replaceLeftovers(ctx, plan); err != nil {
+	if plan.SecretSlotOffset, err = p.replaceLeftovers(ctx, plan); err != nil {
 		return nil, err
 	}
 	objs, err := renderObjects(plan)
@@ -201,24 +201,27 @@ func (p *Provisioner) rollback(ctx context.Context, plan Plan, secret ObjectRef,
 	return err
 }
 
-// replaceLeftovers removes the pods an earlier attempt of the same job left behind (its
-// provisioning was killed), so this attempt starts clean. Their CA key died with that attempt,
-// so they cannot be reused. Pods are deleted with no grace period: no build can be running on a
-// builder whose client never got its credentials. The earlier attempt's Secret has a name of its
-// own and the runners' Role may not read Secrets: it is deleted when the caller recorded it
-// (EarlierSecrets), and otherwise goes with its owner (the runner pod), at its deadline, or
-// through the janitor.
-func (p *Provisioner) replaceLeftovers(ctx context.Context, plan Plan) error {
+// replaceLeftovers removes what an earlier attempt of the same job left behind (its provisioning
+// was killed), so this attempt starts clean, and returns the Secret slot offset that keeps this
+// attempt's Secret name off every name those pods mount. Their CA key died with that attempt, so
+// they cannot be reused. Pods are deleted with no grace period: no build can be running on a
+// builder whose client never got its credentials. The earlier attempt's Secret is deleted by
+// name, whether or not the caller recorded it (EarlierSecrets): its name is one of the job key's
+// SecretNames, and the runners' Role may delete Secrets but not read them.
+func (p *Provisioner) replaceLeftovers(ctx context.Context, plan Plan) (int, error) {
 	ns := plan.Namespace
 	pods, err := p.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(plan.Key)})
 	if err != nil {
-		return explainAPIError(err, "list", "pods", ns, "looking for builders of an earlier attempt")
+		return 0, explainAPIError(err, "list", "pods", ns, "looking for builders of an earlier attempt")
 	}
-	if len(pods.Items) == 0 && len(p.EarlierSecrets) == 0 {
-		return nil
+	offset := secretSlotOffset(plan.Key, plan.CreatedAt, pods.Items)
+	if len(pods.Items) > 0 || len(p.EarlierSecrets) > 0 {
+		p.progress(ProgressStep, platform.Platform{}, "", "replacing %d pod(s) and %d recorded Secret(s) left by an earlier attempt of this job", len(pods.Items), len(p.EarlierSecrets))
 	}
-	p.progress(ProgressStep, platform.Platform{}, "", "replacing %d pod(s) and %d recorded Secret(s) left by an earlier attempt of this job", len(pods.Items), len(p.EarlierSecrets))
 	// Any owner: a retry may run in a new runner pod, and the job key alone says these are ours.
-	_, err = p.Teardown(ctx, ns, plan.Key, nil, TeardownOptions{GracePeriod: ptr.To[int64](0), Wait: true, Secrets: p.EarlierSecrets})
-	return err
+	report, err := p.Teardown(ctx, ns, plan.Key, nil, TeardownOptions{GracePeriod: ptr.To[int64](0), Wait: true, Secrets: p.EarlierSecrets})
+	if len(pods.Items) == 0 && len(p.EarlierSecrets) == 0 && len(report.Deleted) > 0 {
+		p.progress(ProgressStep, platform.Platform{}, "", "removed %v left by an earlier attempt of this job", report.Deleted)
+	}
+	return offset, err
 }

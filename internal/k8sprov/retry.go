@@ -19,14 +19,19 @@ var (
 
 // retryTransient runs call until it succeeds, fails for a reason retrying cannot fix, or ctx
 // ends. Transient are: the attempt's own timeout, connection errors, and the API server's
-// 429, 500, 503 and 504 answers. It returns call's last error.
+// 429, 500, 503 and 504 answers, and a refusal just after one of those (restartRefusal). It
+// returns call's last error.
 func retryTransient(ctx context.Context, call func(ctx context.Context) error) error {
+	var lastUnanswered time.Time
 	for {
 		attemptCtx, cancel := context.WithTimeout(ctx, attemptTimeout)
 		err := call(attemptCtx)
 		attemptTimedOut := attemptCtx.Err() != nil
 		cancel()
-		if err == nil || ctx.Err() != nil || !(attemptTimedOut || isTransient(err)) {
+		if attemptTimedOut || isTransient(err) {
+			lastUnanswered = time.Now()
+		}
+		if err == nil || ctx.Err() != nil || !(attemptTimedOut || isTransient(err) || restartRefusal(err, lastUnanswered, time.Now())) {
 			return err
 		}
 		select {

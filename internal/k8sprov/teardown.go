@@ -53,7 +53,8 @@ type TeardownReport struct {
 // job-key label, then checks each again before deleting it: it must carry the managed-by label
 // and that job key, and, when owner is given, an owner reference to that pod's UID. Secrets are
 // deleted by name and UID as opts.Secrets gives them, or, with opts.ListSecrets, found and
-// checked like the pods. Deletes are conditional on the object's UID, so an object replaced
+// checked like the pods; then the job key's other SecretNames by name alone, so that a Secret
+// whose attempt was killed before recording it goes too. Deletes are conditional on the object's UID, so an object replaced
 // meanwhile is left alone. NotFound is success: teardown is safe to run twice, late, or after a
 // crash.
 func (p *Provisioner) Teardown(ctx context.Context, ns string, key JobKey, owner *RunnerPod, opts TeardownOptions) (TeardownReport, error) {
@@ -120,7 +121,8 @@ func (p *Provisioner) deletePods(ctx context.Context, ns string, key JobKey, own
 }
 
 // deleteSecrets deletes the Secrets opts names, and with opts.ListSecrets those of the job that
-// refuseDelete allows, each conditional on its UID.
+// refuseDelete allows, each conditional on its UID; then any other of the job key's SecretNames,
+// by name.
 func (p *Provisioner) deleteSecrets(ctx context.Context, ns string, key JobKey, owner *RunnerPod, opts TeardownOptions, report *TeardownReport) error {
 	var errs []error
 	secrets := opts.Secrets
@@ -138,10 +140,12 @@ func (p *Provisioner) deleteSecrets(ctx context.Context, ns string, key JobKey, 
 			secrets = append(secrets, ObjectRef{Name: secret.Name, UID: secret.UID})
 		}
 	}
+	byUID := map[string]bool{}
 	for _, secret := range secrets {
 		if secret.Name == "" || secret.UID == "" {
 			continue
 		}
+		byUID[secret.Name] = true
 		err := retryTransient(ctx, func(ctx context.Context) error {
 			return p.Client.CoreV1().Secrets(ns).Delete(ctx, secret.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &secret.UID}})
 		})
@@ -155,6 +159,9 @@ func (p *Provisioner) deleteSecrets(ctx context.Context, ns string, key JobKey, 
 			errs = append(errs, explainAPIError(err, "delete", "secrets", ns, "deleting Secret "+secret.Name))
 		}
 	}
+	// A Secret nobody recorded (its attempt was killed before saving its state) has one of the
+	// job's few names.
+	errs = append(errs, p.deleteSecretsByName(ctx, ns, key, byUID, report))
 	return errors.Join(errs...)
 }
 

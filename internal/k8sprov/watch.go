@@ -63,6 +63,8 @@ type resumingWatch struct {
 	awaySince time.Time
 	awayErr   error
 	reminded  time.Time
+	// lastUnanswered is when the API server last did not answer at all (restartRefusal).
+	lastUnanswered time.Time
 	// known is what was delivered and not deleted, by namespace/name, for replay.
 	known map[string]runtime.Object
 }
@@ -131,7 +133,7 @@ func (w *resumingWatch) run(ctx context.Context, rv string) {
 				return
 			}
 			continue
-		case !isTransient(err):
+		case !w.retryable(err):
 			w.send(ctx, errorEvent(err))
 			return
 		}
@@ -191,7 +193,7 @@ func (w *resumingWatch) relist(ctx context.Context) (rv string, fatal bool) {
 			w.replayList(ctx, items)
 			return rv, false
 		}
-		if !isTransient(err) {
+		if !w.retryable(err) {
 			w.send(ctx, errorEvent(err))
 			return "", true
 		}
@@ -273,6 +275,9 @@ func (w *resumingWatch) unanswered(err error) {
 		w.awaySince = now
 	}
 	w.awayErr = err
+	if isTransient(err) { // not a refusal retried by restartRefusalWindow: that would extend it
+		w.lastUnanswered = now
+	}
 	since := w.awaySince
 	remind := w.reminded.IsZero() || now.Sub(w.reminded) >= awayReminder
 	if remind {
