@@ -604,8 +604,8 @@ func TestIntegrationFaultDuringBuild(t *testing.T) {
 		if !strings.Contains(down.out.String(), "buildkitd ended: Error, exit code 137 (killed") {
 			t.Errorf("down of the failed job does not say buildkitd was killed (exit code 137):\n%s", down.out.String())
 		}
-		if failedAfter > 5*time.Second {
-			t.Errorf("the build failed %v after buildkitd was killed, want a clear error within 5 s", failedAfter)
+		if failedAfter > 10*time.Second {
+			t.Errorf("the build failed %v after buildkitd was killed, want a clear error within seconds, not a timeout", failedAfter)
 		}
 		w.nothingLeft(ctx, t, state)
 		fault(t, "buildkitd SIGKILLed mid-build", "build fails: "+lastLine(build.out.String())+"; down: "+firstLine(down.out.String(), "137"), failedAfter)
@@ -674,10 +674,12 @@ func TestIntegrationFaultDuringBuild(t *testing.T) {
 		down := w.down(ctx, t, state)
 		requireSuccess(t, "down", down)
 		gone := w.buildersGone(ctx, t)
-		// Issue 14 item 6: no build is connected, so nothing is drained: the pods go within 2 s
-		// of the post step (down) ending, not after the 10 s quiet period.
-		if took := gone.Sub(down.ended); took > 2*time.Second {
-			t.Errorf("builder pods gone %v after a normal teardown ended, want within 2 s", took)
+		// Issue 14 item 6: no build is connected, so nothing is drained: the pods go without
+		// waiting out the drain's 10 s quiet period (before the fix: 12-13 s). The bound is the
+		// behaviour, not a speed target: the time itself is reported in the fault table, since a
+		// loaded machine makes wall-clock targets flaky.
+		if took := gone.Sub(down.ended); took > 8*time.Second {
+			t.Errorf("builder pods gone %v after a normal teardown ended: the drain waited out its quiet period with nothing connected", took)
 		}
 		w.nothingLeft(ctx, t, state)
 		fault(t, "none: normal end of job", "down takes "+down.took().Round(100*time.Millisecond).String()+" (buildx rm, deletes); pods gone "+
