@@ -214,7 +214,7 @@ func downloadToolchain(goCmd, arch string) (toolchain, error) {
 	return tc, nil
 }
 
-// baseStamp hashes every input of the base images: the sources of this program and of ociimage,
+// baseStamp hashes every input of the base images: their sources (baseSources),
 // the rootfs script, the pinned constants and the toolchains' module hashes (checked by the go
 // command against the checksum database when it downloaded them).
 func baseStamp(root, srcHash string, toolchains map[string]toolchain) (string, error) {

@@ -37,6 +37,11 @@ const (
 // archives contain: a change to any of them must rebuild the images.
 var sourceDirs = []string{"hack/cmd/mkimages", "internal/testing/ociimage", "hack/images/pause"}
 
+// baseSources are the Go sources (directories or files) that decide what the base images
+// contain. Narrower than sourceDirs on purpose: the base images cost minutes of debootstrap and
+// qemu, and a new image elsewhere in this program must not rebuild them.
+var baseSources = []string{"hack/cmd/mkimages/base.go", "internal/testing/ociimage"}
+
 // busyboxApplets are the applets linked to /bin/busybox in the BuildKit image: what exec
 // probes, preStop hooks and people debugging a builder pod reach for. Each goes where busybox
 // itself would install it (busybox --list-full), as in the Alpine-based official image.
@@ -66,7 +71,7 @@ func run(cfg config) error {
 	if err := os.MkdirAll(cfg.outDir, 0o755); err != nil {
 		return fmt.Errorf("creating output directory: %w", err)
 	}
-	srcHash, err := hashSources(root)
+	srcHash, err := hashSources(root, sourceDirs)
 	if err != nil {
 		return err
 	}
@@ -94,7 +99,11 @@ func run(cfg config) error {
 		}
 	}
 	if cfg.baseImages {
-		return buildBaseImages(cfg, root, srcHash)
+		baseHash, err := hashSources(root, baseSources)
+		if err != nil {
+			return err
+		}
+		return buildBaseImages(cfg, root, baseHash)
 	}
 	return nil
 }
@@ -122,8 +131,8 @@ func moduleRoot(goCmd string) (string, error) {
 }
 
 // hashSources hashes the Go toolchain, the versions of the image-spec modules the archives
-// are encoded with, and the non-test Go files of sourceDirs.
-func hashSources(root string) (string, error) {
+// are encoded with, and the non-test Go files of paths (directories, or single .go files).
+func hashSources(root string, paths []string) (string, error) {
 	h := sha256.New()
 	if bi, ok := debug.ReadBuildInfo(); ok {
 		fmt.Fprintln(h, "go", bi.GoVersion)
@@ -133,13 +142,20 @@ func hashSources(root string) (string, error) {
 			}
 		}
 	}
-	for _, dir := range sourceDirs {
-		files, err := filepath.Glob(filepath.Join(root, dir, "*.go"))
-		if err != nil {
-			return "", fmt.Errorf("listing %s: %w", dir, err)
-		}
-		if len(files) == 0 {
-			return "", fmt.Errorf("no Go files in %s", filepath.Join(root, dir))
+	for _, p := range paths {
+		files := []string{filepath.Join(root, p)}
+		if strings.HasSuffix(p, ".go") {
+			if _, err := os.Stat(files[0]); err != nil {
+				return "", fmt.Errorf("hashing sources: %w", err)
+			}
+		} else {
+			var err error
+			if files, err = filepath.Glob(filepath.Join(root, p, "*.go")); err != nil {
+				return "", fmt.Errorf("listing %s: %w", p, err)
+			}
+			if len(files) == 0 {
+				return "", fmt.Errorf("no Go files in %s", filepath.Join(root, p))
+			}
 		}
 		slices.Sort(files)
 		for _, f := range files {
