@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	k8stesting "k8s.io/client-go/testing"
@@ -336,5 +337,53 @@ func TestMainShowsNoLogsOfPodsThatNeverExisted(t *testing.T) {
 	}
 	if n := strings.Count(log, "::group::Last buildkitd log lines of"); n > 1 {
 		t.Errorf("%d log groups for one existing pod:\n%s", n, log)
+	}
+}
+
+// The files a buildkitd-config names are read where the job runs and reach the builders through
+// the job's Secret; the builders' config names them there.
+func TestMainShipsTheFilesBuildkitdConfigNames(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := newWorld(t)
+	w.startKubelet(ctx)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "registry-ca.pem"), []byte("the registry's CA"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(dir, "buildkitd.toml")
+	if err := os.WriteFile(config, []byte("[registry.\"registry.example.com\"]\n  ca = [\"registry-ca.pem\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.env["INPUT_BUILDKITD-CONFIG"] = config
+	if err := Main(ctx, w.github(), w.deps()); err != nil {
+		t.Fatalf("Main: %v\n%s", err, w.stdout.String())
+	}
+	list, err := w.client.CoreV1().Secrets(w.ns).List(ctx, metav1.ListOptions{LabelSelector: k8sprov.ManagedSelector()})
+	if err != nil || len(list.Items) != 1 {
+		t.Fatalf("secrets: %v, %v", list, err)
+	}
+	data := list.Items[0].Data
+	shipped := "/etc/buildkit/files/file-0-registry-ca.pem"
+	if string(data["file-0-registry-ca.pem"]) != "the registry's CA" || !strings.Contains(string(data[k8sprov.SecretKeyConfig]), shipped) {
+		t.Errorf("the Secret does not carry the CA where the config names it:\n%s", data[k8sprov.SecretKeyConfig])
+	}
+}
+
+func TestMainRefusesABuildkitdConfigNamingAMissingFile(t *testing.T) {
+	w := newWorld(t)
+	config := filepath.Join(t.TempDir(), "buildkitd.toml")
+	if err := os.WriteFile(config, []byte("[registry.\"registry.example.com\"]\n  ca = [\"/no/such/ca.pem\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w.env["INPUT_BUILDKITD-CONFIG"] = config
+	err := Main(context.Background(), w.github(), w.deps())
+	for _, s := range []string{`input "buildkitd-config"`, `[registry.\"registry.example.com\"] ca = \"/no/such/ca.pem\"`, "no such file", "readable where the job runs"} {
+		if err == nil || !strings.Contains(err.Error(), s) {
+			t.Errorf("error lacks %s: %v", s, err)
+		}
+	}
+	if pods, secrets := w.pods(), w.secrets(); len(pods)+len(secrets) != 0 {
+		t.Errorf("created %v %v before refusing the input", pods, secrets)
 	}
 }

@@ -2,6 +2,7 @@ package app
 
 import (
 	"errors"
+	"path/filepath"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
@@ -58,6 +59,9 @@ func readInputs(p ci.System, readFile func(string) ([]byte, error)) (k8sprov.Inp
 		TerminationGracePeriod: p.Input(k8sprov.InputTerminationGracePeriod),
 	}
 	var errs []error
+	// Relative paths in an inline config are relative to the working directory, in a file's
+	// to the file's directory (as a path in any config file is read).
+	configDir := "."
 	if path := p.Input(k8sprov.InputBuildkitdConfig); path != "" {
 		if in.BuildkitdConfig != "" {
 			errs = append(errs, &k8sprov.InputError{Input: k8sprov.InputBuildkitdConfig, Value: path,
@@ -65,8 +69,15 @@ func readInputs(p ci.System, readFile func(string) ([]byte, error)) (k8sprov.Inp
 		} else if data, err := readFile(path); err != nil {
 			errs = append(errs, &k8sprov.InputError{Input: k8sprov.InputBuildkitdConfig, Value: path, Err: err, Accepted: "the path of a readable buildkitd.toml"})
 		} else {
-			in.BuildkitdConfig = string(data)
+			in.BuildkitdConfig, configDir = string(data), filepath.Dir(path)
 		}
+	}
+	if in.BuildkitdConfig != "" {
+		bundle, err := k8sprov.BundleBuildkitdConfig(in.BuildkitdConfig, configDir, readFile)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		in.BuildkitdConfig, in.BuildkitdFiles = bundle.Config, bundle.Files
 	}
 	s := settings{name: p.Input(InputName), kubeconfig: p.Input(InputKubeconfig)}
 	for _, b := range []struct {

@@ -83,18 +83,19 @@ type Inputs struct {
 	OwnerPod               string // runner pod name, "none", or empty to discover
 	Namespace              string
 	Image                  string
-	Requests               string // ParseResourceList: "cpu=500m,memory=1Gi"
-	Limits                 string // ParseResourceList
-	NodeSelector           string // ParseNodeSelectors: "linux/arm64=pool=arm"
-	Tolerations            string // ParseTolerations: "linux/arm64=arch=arm64:NoSchedule"
-	Labels                 string // ParseLabels
-	Annotations            string // ParseAnnotations
-	BuildkitdFlags         string // ParseBuildkitdFlags
-	BuildkitdConfig        string // buildkitd.toml content
-	Rootless               string // ParseBool
-	Timeout                string // ParseDuration: the readiness timeout
-	MaxLifetime            string // ParseDuration
-	TerminationGracePeriod string // ParseDuration
+	Requests               string            // ParseResourceList: "cpu=500m,memory=1Gi"
+	Limits                 string            // ParseResourceList
+	NodeSelector           string            // ParseNodeSelectors: "linux/arm64=pool=arm"
+	Tolerations            string            // ParseTolerations: "linux/arm64=arch=arm64:NoSchedule"
+	Labels                 string            // ParseLabels
+	Annotations            string            // ParseAnnotations
+	BuildkitdFlags         string            // ParseBuildkitdFlags
+	BuildkitdConfig        string            // buildkitd.toml content, its paths as BundleBuildkitdConfig rewrote them
+	BuildkitdFiles         map[string][]byte // the files it names (BuildkitdBundle.Files)
+	Rootless               string            // ParseBool
+	Timeout                string            // ParseDuration: the readiness timeout
+	MaxLifetime            string            // ParseDuration
+	TerminationGracePeriod string            // ParseDuration
 }
 
 // OwnerSelection says which pod should own the builders.
@@ -130,6 +131,9 @@ type Options struct {
 	BuildkitdFlags []string
 	// BuildkitdConfig is the content of buildkitd.toml; empty means none.
 	BuildkitdConfig string
+	// BuildkitdFiles are the files buildkitd.toml names, keyed by their name in the builders'
+	// files directory (see BundleBuildkitdConfig). The Secret carries them.
+	BuildkitdFiles map[string][]byte
 	// Rootless runs buildkitd unprivileged (the -rootless image, user 1000, no privileged
 	// container); see RenderPod for what that needs from the cluster.
 	Rootless bool
@@ -182,6 +186,7 @@ func ParseOptions(job cijob.Identity, in Inputs) (Options, error) {
 	opts.BuildkitdFlags, err = ParseBuildkitdFlags(in.BuildkitdFlags)
 	collect(InputBuildkitdFlags, in.BuildkitdFlags, err)
 	opts.BuildkitdConfig = in.BuildkitdConfig
+	opts.BuildkitdFiles = in.BuildkitdFiles
 	opts.Rootless, err = ParseBool(in.Rootless, false)
 	collect(InputRootless, in.Rootless, err)
 	for _, d := range []struct {

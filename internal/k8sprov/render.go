@@ -3,6 +3,7 @@ package k8sprov
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"slices"
 	"strconv"
@@ -83,6 +84,9 @@ func RenderSecret(p Plan, creds *Credentials) (*corev1.Secret, error) {
 	}
 	if p.Options.BuildkitdConfig != "" {
 		data[SecretKeyConfig] = []byte(p.Options.BuildkitdConfig)
+	}
+	for name, content := range p.Options.BuildkitdFiles {
+		data[name] = content
 	}
 	return &corev1.Secret{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Secret"},
@@ -182,6 +186,9 @@ func buildkitdArgs(opts Options, pl platform.Platform) ([]string, []corev1.KeyTo
 	if opts.BuildkitdConfig != "" {
 		args = append(args, "--config", configFile)
 		configItems = append(configItems, corev1.KeyToPath{Key: SecretKeyConfig, Path: SecretKeyConfig})
+		for _, name := range slices.Sorted(maps.Keys(opts.BuildkitdFiles)) {
+			configItems = append(configItems, corev1.KeyToPath{Key: name, Path: filesSubdir + "/" + name})
+		}
 	}
 	if opts.Rootless {
 		// Without a privileged container, BuildKit cannot mount a fresh /proc for build steps.

@@ -122,7 +122,8 @@ func TestRenderPodGolden(t *testing.T) {
 			Labels:                 "team=platform,cost-center=ci",
 			Annotations:            "example.com/contact=platform@example.com\nexample.com/note=built for a, b and c",
 			BuildkitdFlags:         `--debug --oci-worker-gc-keepstorage="10000"`,
-			BuildkitdConfig:        "[registry.\"docker.io\"]\n  mirrors = [\"mirror.example.com\"]\n",
+			BuildkitdConfig:        "[registry.\"docker.io\"]\n  mirrors = [\"mirror.example.com\"]\n[registry.\"mirror.example.com\"]\n  ca = [\"" + filesDir + "/file-0-ca.pem\"]\n",
+			BuildkitdFiles:         map[string][]byte{"file-0-ca.pem": []byte("CA")},
 			Timeout:                "60s",
 			MaxLifetime:            "2h",
 			TerminationGracePeriod: "10m",
@@ -287,7 +288,8 @@ func TestRenderSecretGolden(t *testing.T) {
 	plan := testPlan(t, Inputs{
 		Platforms:       "linux/amd64,linux/arm64",
 		Labels:          "team=platform",
-		BuildkitdConfig: "debug = true\n",
+		BuildkitdConfig: "debug = true\n[registry.\"r.example.com\"]\n  ca = [\"" + filesDir + "/file-0-ca.pem\"]\n",
+		BuildkitdFiles:  map[string][]byte{"file-0-ca.pem": []byte("the registry's CA")},
 	})
 	_, secret := renderTestSecret(t, plan)
 	if !IsManaged(secret) || secret.Name != plan.SecretName() || secret.Namespace != "ci" {

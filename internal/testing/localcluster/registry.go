@@ -132,9 +132,10 @@ http:
 `)
 }
 
-// registry is the cluster's OCI registry (see RegistryHost): its server certificate issued by the
-// registry CA in the images directory, its storage in <state>/registry, the base images of the
-// images directory pushed once it answers, and the node's containerd pointed at it.
+// registry is the cluster's OCI registry (see RegistryHost): its server certificate issued by a
+// CA of this cluster's own (made at every start, like its other CAs), its storage in
+// <state>/registry, the base images of the images directory pushed once it answers, and the
+// node's containerd pointed at it.
 type registry struct {
 	files registryFiles
 }
@@ -142,10 +143,9 @@ type registry struct {
 func (r *registry) Name() string { return registryName }
 
 func (r *registry) Start(ctx context.Context, s *session) error {
-	caDir := filepath.Join(s.cfg.ImagesDir, RegistryCADir)
-	ca, err := loadCA(filepath.Join(caDir, "ca.crt"), filepath.Join(caDir, "ca.key"))
+	ca, err := newCertAuthorityNamed("setup-ephemeral-buildkit local registry CA", time.Now(), registryCAValidity)
 	if err != nil {
-		return fmt.Errorf("the registry's CA (make images writes it to %s): %w", caDir, err)
+		return err
 	}
 	r.files = registryFiles{dir: s.dir("registry")}
 	if err := r.writeFiles(ca); err != nil {
@@ -173,7 +173,7 @@ func (r *registry) Start(ctx context.Context, s *session) error {
 		return err
 	}
 	conf := s.dir("buildkitd.toml")
-	if err := writeFile(conf, BuildkitdConfig()); err != nil {
+	if err := writeFile(conf, BuildkitdConfig(r.files.ca())); err != nil {
 		return err
 	}
 	s.info.Registry, s.info.RegistryCAFile, s.info.BaseImages, s.info.BuildkitdConfigFile = RegistryHost, r.files.ca(), names, conf
@@ -246,10 +246,12 @@ capabilities = ["pull", "resolve"]
 }
 
 // BuildkitdConfig is the buildkitd.toml a job passes as the product's buildkitd-config input to
-// use the cluster's registry: trust it through its CA, and resolve Docker Hub names (FROM golang,
-// FROM debian) through it as a mirror, which is where the base images are.
-func BuildkitdConfig() string {
-	return fmt.Sprintf(`# The local cluster's registry: TLS with its own CA (a file in the local BuildKit image).
+// use the cluster's registry: trust it through its CA (caFile, on the host: the product ships it
+// to the builders), and resolve Docker Hub names (FROM golang, FROM debian) through it as a
+// mirror, which is where the base images are.
+func BuildkitdConfig(caFile string) string {
+	return fmt.Sprintf(`# The local cluster's registry: TLS with the cluster's own CA. setup-ephemeral-buildkit ships
+# the file to the builders, as it does any ca or keypair file a buildkitd-config names.
 [registry.%q]
   ca = [%q]
 
@@ -257,5 +259,5 @@ func BuildkitdConfig() string {
 # lacks falls back to Docker Hub, which builder pods cannot reach (no DNS, no route): it fails here.
 [registry."docker.io"]
   mirrors = [%q]
-`, RegistryHost, RegistryCAInImage, RegistryHost)
+`, RegistryHost, caFile, RegistryHost)
 }

@@ -58,11 +58,11 @@ func TestBuildkitdConfigTrustsAndMirrorsTheRegistry(t *testing.T) {
 			Insec   *bool    `toml:"insecure"`
 		} `toml:"registry"`
 	}
-	if err := toml.Unmarshal([]byte(BuildkitdConfig()), &conf); err != nil {
+	if err := toml.Unmarshal([]byte(BuildkitdConfig("/state/registry/ca.crt")), &conf); err != nil {
 		t.Fatal(err)
 	}
 	local := conf.Registry[RegistryHost]
-	if len(local.CA) != 1 || local.CA[0] != RegistryCAInImage || local.HTTP != nil || local.Insec != nil {
+	if len(local.CA) != 1 || local.CA[0] != "/state/registry/ca.crt" || local.HTTP != nil || local.Insec != nil {
 		t.Errorf("registry %s: %+v; want TLS trusted through the CA only", RegistryHost, local)
 	}
 	if m := conf.Registry["docker.io"].Mirrors; len(m) != 1 || m[0] != RegistryHost {
