@@ -45,7 +45,6 @@ step() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 # info KEY prints a string value of $CLUSTER_DIR/cluster.json (one key per line there).
 info() { sed -n "s/^ *\"$1\": *\"\([^\"]*\)\".*/\1/p" "$CLUSTER_DIR/cluster.json" | head -n 1; }
 
-go build -o "$CACHE_DIR/bin/localcluster" ./hack/cmd/localcluster
 cluster=("$CACHE_DIR/bin/localcluster")
 cluster_up=false
 
@@ -61,7 +60,7 @@ finish() {
 	if [[ -n $REUSE ]]; then
 		kubectl --kubeconfig="$CLUSTER_DIR/admin.kubeconfig" delete namespace "$NS" --ignore-not-found --wait=false >/dev/null || status=1
 	elif $cluster_up; then
-		"${cluster[@]}" down -state "$CLUSTER_DIR" || status=1
+		"${cluster[@]}" down -state "$CLUSTER_DIR" 9>&- || status=1
 	fi
 	rm -rf "$WORK"
 	exit "$status"
@@ -71,9 +70,13 @@ trap 'exit 130' INT TERM # through finish: the cluster goes down on Ctrl-C too
 
 step "Starting the local cluster"
 t_start=$(now)
-cluster_up=true
 if [[ -z $REUSE ]]; then
-	"${cluster[@]}" up -bin "$CACHE_DIR/bin" -images "$CACHE_DIR/images" -state "$CLUSTER_DIR"
+	. hack/cluster-lock.sh
+	take_cluster_lock
+	# Built under the lock: another worktree's run builds its own into the same path under it.
+	go build -o "$CACHE_DIR/bin/localcluster" ./hack/cmd/localcluster
+	cluster_up=true
+	"${cluster[@]}" up -bin "$CACHE_DIR/bin" -images "$CACHE_DIR/images" -state "$CLUSTER_DIR" 9>&-
 fi
 t_cluster=$(now)
 export KUBECONFIG="$CLUSTER_DIR/admin.kubeconfig"

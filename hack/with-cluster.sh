@@ -1,20 +1,13 @@
 #!/usr/bin/env bash
 # with-cluster.sh CMD...: start the local cluster, run CMD with CLUSTER_DIR exported, and always
-# stop the cluster again (printing the components' last log lines when CMD failed). make test,
-# make bench and make demo use it, so one cluster serves a whole run.
+# stop the cluster again (printing the components' last log lines when CMD failed). make test
+# and make bench use it, so one cluster serves a whole run; make demo takes the same lock.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${CACHE_DIR:?set by the Makefile}" "${CLUSTER_DIR:?set by the Makefile}"
 
-# One cluster per machine (fixed bridge, node IP and host paths): a second run waits for the first
-# instead of tearing its cluster down under it.
-lock=/run/lock/setup-ephemeral-buildkit-cluster.lock
-mkdir -p "$(dirname "$lock")"
-exec 9>"$lock"
-if ! flock -n 9; then
-  echo "with-cluster.sh: another run holds the local cluster ($lock); waiting for it" >&2
-  flock 9
-fi
+. hack/cluster-lock.sh
+take_cluster_lock
 
 go build -o "$CACHE_DIR/bin/localcluster" ./hack/cmd/localcluster
 cluster="$CACHE_DIR/bin/localcluster"
