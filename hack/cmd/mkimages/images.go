@@ -14,6 +14,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
@@ -70,6 +71,16 @@ func run(cfg config) error {
 	}
 	if err := os.MkdirAll(cfg.outDir, 0o755); err != nil {
 		return fmt.Errorf("creating output directory: %w", err)
+	}
+	// Two runs at once (two terminals, two work trees sharing CACHE_DIR) would remove and write
+	// the same layout under each other; the second waits for the first.
+	lock, err := os.OpenFile(filepath.Join(cfg.outDir, ".mkimages.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return fmt.Errorf("opening the lock of %s: %w", cfg.outDir, err)
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return fmt.Errorf("locking %s: %w", cfg.outDir, err)
 	}
 	srcHash, err := hashSources(root, sourceDirs)
 	if err != nil {
