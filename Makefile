@@ -27,7 +27,7 @@ deps: ## Debian packages the local cluster needs (containerd, runc, CNI plugins,
 	hack/install-deps.sh
 
 .PHONY: tools
-tools: deps ## Kubernetes, etcd, BuildKit, buildx, act, static runc: built from the Go module proxy, cached
+tools: deps ## Kubernetes, etcd, BuildKit, buildx, act, static runc, helm, actionlint: built from the Go module proxy, cached
 	hack/build-tools.sh
 
 .PHONY: images
@@ -43,7 +43,7 @@ cluster-down: ## stop the local cluster and remove every trace of it
 	$(GO) run ./hack/cmd/localcluster down -state "$(CLUSTER_DIR)"
 
 .PHONY: unit
-unit: ## unit tests only (no cluster)
+unit: tools ## unit tests only (no cluster; the chart's and the workflows' tests run helm, kubectl, actionlint)
 	$(GO) test -short -race -shuffle=on ./...
 
 .PHONY: test

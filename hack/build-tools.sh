@@ -19,7 +19,7 @@ BIN_DIR=$CACHE_DIR/bin
 STAMP_DIR=$CACHE_DIR/stamps
 WORK_DIR=$CACHE_DIR/tmp
 GO=${GO:-go}
-ALL_TOOLS="runc etcd buildkit buildx act kubernetes registry"
+ALL_TOOLS="runc etcd buildkit buildx act kubernetes registry helm actionlint"
 TOOLS=${TOOLS:-$ALL_TOOLS}
 
 # Versions stamped into the binaries. They must match the versions the scratch modules require;
@@ -136,6 +136,29 @@ build_act() {
 	local out=$1 dir=$TOOLS_DIR/act
 	# act embeds its VERSION file, so no version ldflags are needed.
 	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w" -o "$out/act" github.com/nektos/act)
+}
+
+outputs_helm() { echo helm; }
+build_helm() {
+	# The version lives here, not in the shared *_VERSION line of stamp_of, so bumping it
+	# rebuilds helm alone.
+	local out=$1 dir=$TOOLS_DIR/helm version=v4.3.2
+	check_version "$dir" helm.sh/helm/v4 "$version"
+	local p=helm.sh/helm/v4/internal/version
+	# The chart tests (deploy/chart) install with it; the ldflags are the ones helm's Makefile
+	# sets for a tagged release, so `helm version` names the release, not "v4.3+unreleased".
+	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath \
+		-ldflags "-s -w -X $p.version=$version -X $p.metadata= -X $p.gitTreeState=clean" \
+		-o "$out/helm" helm.sh/helm/v4/cmd/helm)
+}
+
+outputs_actionlint() { echo actionlint; }
+build_actionlint() {
+	local out=$1 dir=$TOOLS_DIR/actionlint
+	# Lints every workflow in the tree (hack/test-workflows.sh); it reads its version from the
+	# build info, so no ldflags are needed.
+	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w" -o "$out/actionlint" \
+		github.com/rhysd/actionlint/cmd/actionlint)
 }
 
 outputs_runc() { echo runc-static; }

@@ -25,6 +25,7 @@ packages=(
 	procps                      # ps/pkill-free process inspection by PID
 	tar                         # inspecting the OCI archives
 	debootstrap                 # the Debian base image (hack/images/debian/rootfs.sh)
+	shellcheck                  # actionlint checks the workflows' run: scripts with it
 )
 
 if [[ $(id -u) -ne 0 ]]; then

@@ -62,6 +62,15 @@ var (
 
 func newFaultWorld(ctx context.Context, t *testing.T, c *localcluster.Cluster) *faultWorld {
 	t.Helper()
+	ns := c.CreateNamespace(ctx, t, "fault")
+	c.ApplyShippedRBAC(ctx, t, ns, "runner", filepath.Join(repoRoot, "deploy", "rbac.yaml"))
+	return newFaultWorldIn(ctx, t, c, ns)
+}
+
+// newFaultWorldIn is newFaultWorld in namespace ns, whose "runner" ServiceAccount was given its
+// rights some other way (the Helm chart, kustomize).
+func newFaultWorldIn(ctx context.Context, t *testing.T, c *localcluster.Cluster, ns string) *faultWorld {
+	t.Helper()
 	buildShared(t)
 	sleeperOnce.Do(func() {
 		sleeperPath = filepath.Join(sharedDir, "sleeper")
@@ -74,9 +83,7 @@ func newFaultWorld(ctx context.Context, t *testing.T, c *localcluster.Cluster) *
 	if sleeperErr != nil {
 		t.Fatal(sleeperErr)
 	}
-	w := &faultWorld{c: c, admin: kubernetes.NewForConfigOrDie(c.AdminConfig()), dir: t.TempDir()}
-	w.ns = c.CreateNamespace(ctx, t, "fault")
-	c.ApplyShippedRBAC(ctx, t, w.ns, "runner", filepath.Join(repoRoot, "deploy", "rbac.yaml"))
+	w := &faultWorld{c: c, admin: kubernetes.NewForConfigOrDie(c.AdminConfig()), ns: ns, dir: t.TempDir()}
 	w.runner = c.CreateRunnerPod(ctx, t, w.ns, "runner-pod", "runner")
 	w.kubeconfig = filepath.Join(w.dir, "runner.kubeconfig")
 	c.WriteServiceAccountKubeconfig(ctx, t, w.ns, "runner", w.kubeconfig)

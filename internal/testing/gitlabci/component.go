@@ -182,6 +182,8 @@ func checkType(typ, value string) error {
 
 // Job is the part of a job's configuration the component defines.
 type Job struct {
+	// Image is the job's image (the component's CI job image, pinned per release).
+	Image        string            `json:"image"`
 	Variables    map[string]string `json:"variables"`
 	BeforeScript []string          `json:"before_script"`
 	AfterScript  []string          `json:"after_script"`
