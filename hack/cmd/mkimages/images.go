@@ -17,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage"
 )
 
@@ -90,11 +89,7 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
-	registryCA, _, err := localcluster.EnsureRegistryCA(filepath.Join(cfg.outDir, localcluster.RegistryCADir), time.Now())
-	if err != nil {
-		return err
-	}
-	bk, err := buildKitImage(cfg.binDir, cfg.busybox, registryCA)
+	bk, err := buildKitImage(cfg.binDir, cfg.busybox)
 	if err != nil {
 		return err
 	}
@@ -241,9 +236,9 @@ func pauseImage(pauseBin string) ociimage.Image {
 
 // buildKitImage describes the BuildKit image, laid out like the official one: the BuildKit
 // binaries and runc in /usr/bin, a static busybox for a shell, and the state directories. Unlike
-// the official one it carries the local registry's CA certificate (registryCA), which builders
-// are told to trust through buildkitd.toml (localcluster.BuildkitdConfig).
-func buildKitImage(binDir, busybox, registryCA string) (ociimage.Image, error) {
+// the official one it carries nothing of the local cluster's: builders trust the local registry
+// the way a user's builders trust a private one, through the buildkitd-config input.
+func buildKitImage(binDir, busybox string) (ociimage.Image, error) {
 	for _, f := range []string{"buildkitd", "buildctl", "runc-static"} {
 		p := filepath.Join(binDir, f)
 		if st, err := os.Stat(p); err != nil || !st.Mode().IsRegular() {
@@ -262,7 +257,6 @@ func buildKitImage(binDir, busybox, registryCA string) (ociimage.Image, error) {
 		ociimage.HostFile("/usr/bin/runc", filepath.Join(binDir, "runc-static"), 0o755),
 		ociimage.Symlink("/usr/bin/buildkit-runc", "runc"),
 		ociimage.HostFile("/bin/busybox", busybox, 0o755),
-		ociimage.HostFile(localcluster.RegistryCAInImage, registryCA, 0o644),
 
 		ociimage.Dir("/bin", 0o755),
 		ociimage.Dir("/sbin", 0o755),

@@ -12,8 +12,6 @@ import (
 	"testing"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
-
-	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 )
 
 // fakeBin writes stand-ins for the binaries build-tools.sh produces.
@@ -26,16 +24,6 @@ func fakeBin(t *testing.T) string {
 		}
 	}
 	return dir
-}
-
-// fakeCA writes a stand-in for the registry's CA certificate.
-func fakeCA(t *testing.T) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "ca.crt")
-	if err := os.WriteFile(p, []byte("fake CA"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 func needBusybox(t *testing.T) string {
@@ -101,7 +89,7 @@ func mustJSON(t *testing.T, b []byte, v any) {
 
 func TestBuildKitImageLayout(t *testing.T) {
 	bb := needBusybox(t)
-	img, err := buildKitImage(fakeBin(t), bb, fakeCA(t))
+	img, err := buildKitImage(fakeBin(t), bb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,23 +100,22 @@ func TestBuildKitImageLayout(t *testing.T) {
 	entries, config := layerEntries(t, out)
 
 	for p, typ := range map[string]byte{
-		"/usr/bin/buildkitd":           tar.TypeReg,
-		"/usr/bin/buildctl":            tar.TypeReg,
-		"/usr/bin/runc":                tar.TypeReg,
-		"/usr/bin/buildkit-runc":       tar.TypeSymlink,
-		"/bin/busybox":                 tar.TypeReg,
-		"/bin/sh":                      tar.TypeSymlink,
-		"/usr/bin/awk":                 tar.TypeSymlink,
-		"/usr/bin/[":                   tar.TypeSymlink,
-		"/tmp":                         tar.TypeDir,
-		"/var/lib/buildkit":            tar.TypeDir,
-		"/run/buildkit":                tar.TypeDir,
-		"/etc/buildkit":                tar.TypeDir,
-		"/root":                        tar.TypeDir,
-		"/etc/passwd":                  tar.TypeReg,
-		"/etc/group":                   tar.TypeReg,
-		"/etc/nsswitch.conf":           tar.TypeReg,
-		localcluster.RegistryCAInImage: tar.TypeReg,
+		"/usr/bin/buildkitd":     tar.TypeReg,
+		"/usr/bin/buildctl":      tar.TypeReg,
+		"/usr/bin/runc":          tar.TypeReg,
+		"/usr/bin/buildkit-runc": tar.TypeSymlink,
+		"/bin/busybox":           tar.TypeReg,
+		"/bin/sh":                tar.TypeSymlink,
+		"/usr/bin/awk":           tar.TypeSymlink,
+		"/usr/bin/[":             tar.TypeSymlink,
+		"/tmp":                   tar.TypeDir,
+		"/var/lib/buildkit":      tar.TypeDir,
+		"/run/buildkit":          tar.TypeDir,
+		"/etc/buildkit":          tar.TypeDir,
+		"/root":                  tar.TypeDir,
+		"/etc/passwd":            tar.TypeReg,
+		"/etc/group":             tar.TypeReg,
+		"/etc/nsswitch.conf":     tar.TypeReg,
 	} {
 		hdr, ok := entries[p]
 		if !ok {
@@ -163,7 +150,7 @@ func TestBuildKitImageLayout(t *testing.T) {
 
 func TestBuildKitImageNeedsBinaries(t *testing.T) {
 	bb := needBusybox(t)
-	_, err := buildKitImage(t.TempDir(), bb, fakeCA(t))
+	_, err := buildKitImage(t.TempDir(), bb)
 	if err == nil || !strings.Contains(err.Error(), "build-tools.sh") {
 		t.Fatalf("error %v, want one that points at build-tools.sh", err)
 	}

@@ -2,10 +2,8 @@ package localcluster
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
@@ -28,69 +26,12 @@ const (
 	registryName = "registry"
 	// RegistryHost is the registry's host:port, the first part of the images pushed to it.
 	RegistryHost = nodeAddress + ":5000"
-	// RegistryCAInImage is where the local BuildKit image (hack/cmd/mkimages) carries the
-	// registry's CA certificate, for buildkitd.toml's [registry."10.213.0.1:5000"] ca = [...].
-	// Outside /etc/ssl/certs on purpose: Go would trust anything there without being told, and
-	// the point is that builders trust the registry through the buildkitd-config input.
-	RegistryCAInImage = "/usr/local/share/setup-ephemeral-buildkit/local-registry-ca.crt"
-	// RegistryCADir is the directory, under the images directory, that holds the registry's CA.
-	RegistryCADir = "registry-ca"
 	// BaseImagesDir is the OCI layout, under the images directory, of the base images
 	// (hack/cmd/mkimages writes it); the cluster pushes every image named in it to the registry.
 	BaseImagesDir = "base"
-	// registryCAValidity is long enough for a cached CA to outlive many clusters; EnsureRegistryCA
-	// makes a new one when fewer than registryCARenewal remain.
-	registryCAValidity = 365 * 24 * time.Hour
-	registryCARenewal  = 30 * 24 * time.Hour
+	// registryCAValidity matches the cluster's other CAs: a CA is made at every start.
+	registryCAValidity = 10 * 24 * time.Hour
 )
-
-// EnsureRegistryCA returns the files of the registry's CA in dir (ca.crt, ca.key), making the CA
-// when there is none or it expires within 30 days.
-//
-// The registry's CA lives with the images, not with one cluster, because the builders' image has
-// to carry its certificate: the product ships buildkitd-config's text to builders, not the files
-// it refers to (see the README, "How builders trust the registry").
-func EnsureRegistryCA(dir string, now time.Time) (certFile, keyFile string, err error) {
-	certFile, keyFile = filepath.Join(dir, "ca.crt"), filepath.Join(dir, "ca.key")
-	if ca, err := loadCA(certFile, keyFile); err == nil && ca.cert.NotAfter.Sub(now) > registryCARenewal {
-		return certFile, keyFile, nil
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", "", fmt.Errorf("creating %s: %w", dir, err)
-	}
-	ca, err := newCertAuthorityNamed("setup-ephemeral-buildkit local registry CA", now, registryCAValidity)
-	if err != nil {
-		return "", "", err
-	}
-	der, err := x509.MarshalECPrivateKey(ca.key)
-	if err != nil {
-		return "", "", fmt.Errorf("encoding the registry CA key: %w", err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
-		return "", "", fmt.Errorf("writing %s: %w", keyFile, err)
-	}
-	if err := os.WriteFile(certFile, ca.certPEM(), 0o644); err != nil {
-		return "", "", fmt.Errorf("writing %s: %w", certFile, err)
-	}
-	return certFile, keyFile, nil
-}
-
-// loadCA reads a CA certificate and its EC private key.
-func loadCA(certFile, keyFile string) (*certAuthority, error) {
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
-	if err != nil {
-		return nil, fmt.Errorf("loading CA %s: %w", certFile, err)
-	}
-	cert, err := x509.ParseCertificate(pair.Certificate[0])
-	if err != nil {
-		return nil, fmt.Errorf("parsing CA %s: %w", certFile, err)
-	}
-	key, ok := pair.PrivateKey.(*ecdsa.PrivateKey)
-	if !ok || !cert.IsCA {
-		return nil, fmt.Errorf("%s is not an EC certificate authority", certFile)
-	}
-	return &certAuthority{cert: cert, key: key}, nil
-}
 
 // registryFiles are the registry's files under the state directory.
 type registryFiles struct{ dir string }

@@ -1,12 +1,8 @@
 package localcluster
 
 import (
-	"bytes"
-	"os"
 	"path/filepath"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/pelletier/go-toml/v2"
 )
@@ -67,31 +63,5 @@ func TestBuildkitdConfigTrustsAndMirrorsTheRegistry(t *testing.T) {
 	}
 	if m := conf.Registry["docker.io"].Mirrors; len(m) != 1 || m[0] != RegistryHost {
 		t.Errorf("docker.io mirrors %v, want [%s]", m, RegistryHost)
-	}
-}
-
-func TestEnsureRegistryCAKeepsThenRenews(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "ca")
-	now := time.Now()
-	certFile, _, err := EnsureRegistryCA(dir, now)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first, _ := os.ReadFile(certFile)
-	if _, _, err := EnsureRegistryCA(dir, now.Add(24*time.Hour)); err != nil {
-		t.Fatal(err)
-	}
-	if again, _ := os.ReadFile(certFile); !bytes.Equal(first, again) {
-		t.Error("a valid CA was replaced")
-	}
-	if _, _, err := EnsureRegistryCA(dir, now.Add(registryCAValidity-registryCARenewal/2)); err != nil {
-		t.Fatal(err)
-	}
-	if renewed, _ := os.ReadFile(certFile); bytes.Equal(first, renewed) {
-		t.Error("a CA about to expire was kept")
-	}
-	ca, err := loadCA(certFile, filepath.Join(dir, "ca.key"))
-	if err != nil || !strings.Contains(ca.cert.Subject.CommonName, "registry") {
-		t.Fatalf("renewed CA %v: %v", ca, err)
 	}
 }
