@@ -170,15 +170,15 @@ func TestRunGivesTheScriptsProcessesTheirGrace(t *testing.T) {
 		wantDone  bool
 		wantKills bool
 	}{
-		{name: "finishes within the grace", child: `trap 'sleep 1; echo done > "$MARKER"; exit 0' TERM; sleep 30 & wait`, wantDone: true},
-		{name: "ignores SIGTERM", child: `trap '' TERM; sleep 30; echo done > "$MARKER"`, wantKills: true},
+		{name: "finishes within the grace", child: `trap 'sleep 1; echo done > "$MARKER"; exit 0' TERM; sleep 30 & : > "$READY"; wait`, wantDone: true},
+		{name: "ignores SIGTERM", child: `trap '' TERM; : > "$READY"; sleep 30; echo done > "$MARKER"`, wantKills: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			root := t.TempDir()
-			marker := filepath.Join(root, "marker")
+			marker, ready := filepath.Join(root, "marker"), filepath.Join(root, "ready")
 			// Read only after Run returns, when nothing writes any more.
 			stderr := &bytes.Buffer{}
-			e := preparedExecutor(t, Settings{StateDir: root, KillGrace: 3 * time.Second}, "MARKER="+marker)
+			e := preparedExecutor(t, Settings{StateDir: root, KillGrace: 3 * time.Second}, "MARKER="+marker, "READY="+ready)
 			e.Stdout, e.Stderr = &bytes.Buffer{}, stderr
 			pidFile := filepath.Join(root, "child.pid")
 			script := filepath.Join(root, "script.sh")
@@ -190,8 +190,10 @@ func TestRunGivesTheScriptsProcessesTheirGrace(t *testing.T) {
 			ctx, cancel := context.WithCancel(context.Background())
 			go func() {
 				for {
-					if data, err := os.ReadFile(pidFile); err == nil && strings.HasSuffix(string(data), "\n") {
-						time.Sleep(200 * time.Millisecond) // the child has set its trap
+					// The child has set its trap (ready) and the script has its pid: a loaded
+					// machine may take longer than any fixed pause to get there.
+					data, err := os.ReadFile(pidFile)
+					if _, readyErr := os.Stat(ready); readyErr == nil && err == nil && strings.HasSuffix(string(data), "\n") {
 						cancel()
 						return
 					}
