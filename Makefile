@@ -63,16 +63,20 @@ demo: images
 	hack/demo.sh
 
 # The action's binaries, one per runner architecture, for dist/index.js to start. Reproducible:
-# no cgo, no build paths, no VCS stamp; only the source and VERSION decide the bytes. They are
+# no cgo, no build paths, no VCS stamp; only the source, VERSION and COMMIT decide the bytes. They are
 # build outputs (.gitignore); release commits carry them (README, "Releasing the action").
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 DIST_ARCHS ?= amd64 arm64
+# What --version prints (internal/version): the release and its commit.
+VERSION_LDFLAGS = -X github.com/org/setup-ephemeral-buildkit/internal/version.version=$(VERSION) \
+	-X github.com/org/setup-ephemeral-buildkit/internal/version.commit=$(COMMIT)
 
 .PHONY: dist
 dist: ## dist/setup-ephemeral-buildkit-linux-{amd64,arm64}, version-stamped
 	for arch in $(DIST_ARCHS); do \
 	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -buildvcs=false \
-	    -ldflags "-s -w -buildid= -X main.version=$(VERSION)" \
+	    -ldflags "-s -w -buildid= $(VERSION_LDFLAGS)" \
 	    -o dist/setup-ephemeral-buildkit-linux-$$arch ./cmd/setup-ephemeral-buildkit; \
 	done
 	@ls -l dist/setup-ephemeral-buildkit-linux-*

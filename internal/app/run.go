@@ -16,6 +16,7 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
+	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
 
 // Exit codes of the program.
@@ -84,7 +85,9 @@ func Run(ctx context.Context, args []string, deps Deps) error {
 	case "gc":
 		return runGC(ctx, rest, d)
 	case "version", "--version":
-		_, err := fmt.Fprintf(d.Stdout, "setup-ephemeral-buildkit %s\n", d.Version)
+		info := version.Get()
+		info.Version = d.Version
+		_, err := fmt.Fprintln(d.Stdout, info.String("setup-ephemeral-buildkit"))
 		return err
 	case "help", "-h", "-help", "--help":
 		usage(d.Stdout)
@@ -107,7 +110,7 @@ Commands:
   down     remove the builders, their Secret, the buildx builder and the certificate files
   env      print the environment exports of the builders that are up (BUILDX_*, BUILDKIT_*; not up's EPHEMERAL_BUILDKIT_* outputs)
   gc       remove builders of finished jobs in a namespace (expired, or runner pod gone)
-  version  print the version
+  version  print the version, the commit and the BuildKit version it was tested with (also --version)
 
 Run "setup-ephemeral-buildkit COMMAND -h" for the flags of a command. Started by the GitHub
 Actions runner without a command, it is the action's main or post step.
