@@ -62,6 +62,9 @@ type config struct {
 	binDir, outDir, busybox, goCmd string
 	// baseImages also writes the Debian and Go base images (buildBaseImages).
 	baseImages bool
+	// productImages also writes the product's images (buildProductImages), described by product.
+	productImages bool
+	product       productConfig
 }
 
 func run(cfg config) error {
@@ -114,9 +117,25 @@ func run(cfg config) error {
 		if err != nil {
 			return err
 		}
-		return buildBaseImages(cfg, root, baseHash)
+		if err := buildBaseImages(cfg, root, baseHash); err != nil {
+			return err
+		}
 	}
-	return nil
+	if !cfg.productImages {
+		return nil
+	}
+	p := cfg.product
+	if len(p.tags) == 0 {
+		tag, err := defaultTag(root)
+		if err != nil {
+			return err
+		}
+		p.tags = []string{tag}
+	}
+	if p.outDir == "" {
+		p.outDir = filepath.Join(cfg.outDir, "product")
+	}
+	return buildProductImages(cfg, root, srcHash, p)
 }
 
 // moduleRoot returns the directory of this repository's go.mod, so that mkimages works from
