@@ -20,7 +20,7 @@ GO ?= go
 help:
 	@echo "make demo   - local Kubernetes, builders per arch, a multi-arch docker buildx build, cleanup, timings"
 	@echo "make test   - every test, unit and end-to-end, against a real local cluster"
-	@echo "other targets: deps tools images cluster-up cluster-down unit bench dist"
+	@echo "other targets: deps tools images release-images cluster-up cluster-down unit bench dist"
 
 .PHONY: deps
 deps: ## Debian packages the local cluster needs (containerd, runc, CNI plugins, qemu-user-static, ...)
@@ -31,8 +31,8 @@ tools: deps ## Kubernetes, etcd, BuildKit, buildx, act, static runc, helm, actio
 	hack/build-tools.sh
 
 .PHONY: images
-images: tools ## OCI archives of the BuildKit and pause images, imported into the cluster's containerd
-	$(GO) run ./hack/cmd/mkimages -bin "$(BIN_DIR)" -out "$(CACHE_DIR)/images"
+images: tools ## BuildKit and pause archives for the cluster's containerd; base images and the product images (CLI, CI job) for its registry
+	$(GO) run ./hack/cmd/mkimages -bin "$(BIN_DIR)" -out "$(CACHE_DIR)/images" -version "$(VERSION)" -commit "$(COMMIT)"
 
 .PHONY: cluster-up
 cluster-up: images ## start the local cluster and print its kubeconfig
@@ -61,6 +61,24 @@ bench: images ## provision/teardown and concurrency benchmarks against the local
 .PHONY: demo
 demo: images
 	hack/demo.sh
+
+# The images a release publishes (the CLI image the janitor runs, the CI job image), for
+# linux/amd64 and linux/arm64, named $(REGISTRY)/setup-ephemeral-buildkit[-job]:TAG for each of
+# TAGS, into the OCI layout $(RELEASE_IMAGES). The release workflow (.github/workflows/release.yml)
+# runs it. They build on the Debian base image, which needs root and debootstrap (make deps).
+REGISTRY ?= ghcr.io/org
+TAGS ?= $(VERSION)
+RELEASE_IMAGES ?= $(CACHE_DIR)/images/release
+PUSH ?= false
+
+.PHONY: release-images
+release-images: tools
+	$(GO) run ./hack/cmd/mkimages -bin "$(BIN_DIR)" -out "$(CACHE_DIR)/images" -version "$(VERSION)" -commit "$(COMMIT)" \
+	  -registry "$(REGISTRY)" -tags "$(TAGS)" -product-out "$(RELEASE_IMAGES)"
+	@if [[ "$(PUSH)" == true ]]; then \
+	  echo "make release-images: PUSH=true: pushing to a registry that asks for credentials is not implemented yet; the images are in $(RELEASE_IMAGES)" >&2; \
+	  exit 1; \
+	fi
 
 # The action's binaries, one per runner architecture, for dist/index.js to start. Reproducible:
 # no cgo, no build paths, no VCS stamp; only the source, VERSION and COMMIT decide the bytes. They are

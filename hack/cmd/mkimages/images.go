@@ -133,7 +133,7 @@ func run(cfg config) error {
 		p.tags = []string{tag}
 	}
 	if p.outDir == "" {
-		p.outDir = filepath.Join(cfg.outDir, "product")
+		p.outDir = filepath.Join(cfg.outDir, localcluster.ProductImagesDir)
 	}
 	return buildProductImages(cfg, root, srcHash, p)
 }

@@ -20,6 +20,7 @@ import (
 	digest "github.com/opencontainers/go-digest"
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage"
 	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
@@ -110,7 +111,7 @@ func buildProductImages(cfg config, root, srcHash string, p productConfig) error
 	if err := checkProductConfig(p); err != nil {
 		return err
 	}
-	base, err := ociimage.OpenLayout(filepath.Join(cfg.outDir, "base"))
+	base, err := ociimage.OpenLayout(filepath.Join(cfg.outDir, localcluster.BaseImagesDir))
 	if err != nil {
 		return err
 	}
