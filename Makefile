@@ -66,6 +66,7 @@ demo: images
 # linux/amd64 and linux/arm64, named $(REGISTRY)/setup-ephemeral-buildkit[-job]:TAG for each of
 # TAGS, into the OCI layout $(RELEASE_IMAGES). The release workflow (.github/workflows/release.yml)
 # runs it. They build on the Debian base image, which needs root and debootstrap (make deps).
+# PUSH=true pushes them, signing in with REGISTRY_USER and REGISTRY_PASSWORD.
 REGISTRY ?= ghcr.io/org
 TAGS ?= $(VERSION)
 RELEASE_IMAGES ?= $(CACHE_DIR)/images/release
@@ -74,11 +75,7 @@ PUSH ?= false
 .PHONY: release-images
 release-images: tools
 	$(GO) run ./hack/cmd/mkimages -bin "$(BIN_DIR)" -out "$(CACHE_DIR)/images" -version "$(VERSION)" -commit "$(COMMIT)" \
-	  -registry "$(REGISTRY)" -tags "$(TAGS)" -product-out "$(RELEASE_IMAGES)"
-	@if [[ "$(PUSH)" == true ]]; then \
-	  echo "make release-images: PUSH=true: pushing to a registry that asks for credentials is not implemented yet; the images are in $(RELEASE_IMAGES)" >&2; \
-	  exit 1; \
-	fi
+	  -registry "$(REGISTRY)" -tags "$(TAGS)" -product-out "$(RELEASE_IMAGES)" -push="$(PUSH)"
 
 # The action's binaries, one per runner architecture, for dist/index.js to start. Reproducible:
 # no cgo, no build paths, no VCS stamp; only the source, VERSION and COMMIT decide the bytes. They are

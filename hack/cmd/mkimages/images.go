@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -135,7 +136,13 @@ func run(cfg config) error {
 	if p.outDir == "" {
 		p.outDir = filepath.Join(cfg.outDir, localcluster.ProductImagesDir)
 	}
-	return buildProductImages(cfg, root, srcHash, p)
+	if err := buildProductImages(cfg, root, srcHash, p); err != nil {
+		return err
+	}
+	if p.push {
+		return pushProductImages(context.Background(), p.outDir, p.registry, os.Getenv)
+	}
+	return nil
 }
 
 // moduleRoot returns the directory of this repository's go.mod, so that mkimages works from

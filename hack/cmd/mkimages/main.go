@@ -45,6 +45,7 @@ func main() {
 	flag.StringVar(&cfg.product.version, "version", "dev", "version stamped into the images' setup-ephemeral-buildkit (--version)")
 	flag.StringVar(&cfg.product.commit, "commit", "", "commit stamped into the images' setup-ephemeral-buildkit (--version)")
 	flag.StringVar(&cfg.product.outDir, "product-out", "", "OCI layout of the product images (default <out>/product)")
+	flag.BoolVar(&cfg.product.push, "push", false, "push the product images to their registry (-registry's host), with REGISTRY_USER and REGISTRY_PASSWORD when it asks for credentials")
 	flag.Parse()
 	cfg.product.tags = strings.Fields(*tags)
 	if cfg.binDir == "" || cfg.outDir == "" || flag.NArg() != 0 {

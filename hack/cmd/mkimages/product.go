@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"compress/gzip"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +24,7 @@ import (
 
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage"
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociregistry"
 	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
 
@@ -60,6 +63,8 @@ type productConfig struct {
 	version, commit string
 	// outDir is the OCI layout the images go to.
 	outDir string
+	// push sends them to their registry afterwards (pushProductImages).
+	push bool
 }
 
 // defaultTag is the chart's appVersion: the tag deploy/, the chart and the component name
@@ -395,4 +400,26 @@ func extractFromLayer(blob, name, dst string) error {
 		}
 		return os.WriteFile(dst, data, 0o644)
 	}
+}
+
+// pushProductImages pushes every image of the layout dir to the registry its names start with
+// (the host of registry), signing in with REGISTRY_USER and REGISTRY_PASSWORD when the registry
+// asks for credentials, as the release workflow gives them.
+func pushProductImages(ctx context.Context, dir, registry string, getenv func(string) string) error {
+	host, _, _ := strings.Cut(registry, "/")
+	layout, err := ociimage.OpenLayout(dir)
+	if err != nil {
+		return err
+	}
+	base := "https://" + host
+	c := &ociregistry.Client{Base: base, HTTP: &http.Client{Timeout: 10 * time.Minute, Transport: &ociregistry.TokenAuth{
+		Base: base, Username: getenv("REGISTRY_USER"), Password: getenv("REGISTRY_PASSWORD"),
+	}}}
+	start := time.Now()
+	names, err := c.PushLayout(ctx, layout)
+	if err != nil {
+		return fmt.Errorf("pushing the product images of %s to %s: %w", dir, host, err)
+	}
+	fmt.Printf("mkimages: pushed %s in %.1fs\n", strings.Join(names, ", "), time.Since(start).Seconds())
+	return nil
 }
