@@ -473,7 +473,10 @@ func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, image, work, 
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("job pod log:\n%s", w.podLog(context.Background(), t, pod.Name))
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			data, err := w.admin.CoreV1().Pods(w.ns).GetLogs(pod.Name, &corev1.PodLogOptions{Timestamps: true}).DoRaw(ctx)
+			t.Logf("job pod log (%v):\n%s", err, data)
 		}
 	})
 	return pod
