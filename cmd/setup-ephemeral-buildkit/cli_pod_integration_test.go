@@ -443,7 +443,9 @@ func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, image, work, 
 	}
 	pod, err := w.admin.CoreV1().Pods(w.ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:        "runner-abc123-project-1-concurrent-0-xyz",
+			// Unique as GitLab Runner's are (runner-<token>-project-<id>-concurrent-<n>-<random>):
+			// the random part is the namespace's.
+			Name:        "runner-abc123-project-1-concurrent-0-" + w.ns[strings.LastIndex(w.ns, "-")+1:],
 			Labels:      map[string]string{"app": "gitlab-job"},
 			Annotations: gitlabJobPodAnnotations,
 		},
