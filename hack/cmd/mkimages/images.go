@@ -60,6 +60,8 @@ var busyboxApplets = []string{
 
 type config struct {
 	binDir, outDir, busybox, goCmd string
+	// uidmapDir holds Debian's newuidmap and newgidmap for the rootless image.
+	uidmapDir string
 	// baseImages also writes the Debian and Go base images (buildBaseImages).
 	baseImages bool
 }
@@ -98,12 +100,17 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
+	rootless, err := rootlessBuildKitImage(bk, cfg.binDir, cfg.uidmapDir)
+	if err != nil {
+		return err
+	}
 	for _, im := range []struct {
 		file string
 		img  ociimage.Image
 	}{
 		{"pause.tar", pauseImage(pause)},
 		{"buildkit.tar", bk},
+		{"buildkit-rootless.tar", rootless},
 	} {
 		if err := writeImage(filepath.Join(cfg.outDir, im.file), im.img, srcHash); err != nil {
 			return err
@@ -173,7 +180,11 @@ func hashSources(root string, paths []string) (string, error) {
 			if strings.HasSuffix(f, "_test.go") {
 				continue
 			}
-			if err := hashFile(h, f); err != nil {
+			rel, err := filepath.Rel(root, f)
+			if err != nil {
+				return "", fmt.Errorf("hashing sources: %w", err)
+			}
+			if err := hashFile(h, root, rel); err != nil {
 				return "", err
 			}
 		}
@@ -181,12 +192,13 @@ func hashSources(root string, paths []string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func hashFile(w io.Writer, name string) error {
-	f, err := os.Open(name)
+func hashFile(w io.Writer, root, name string) error {
+	f, err := os.Open(filepath.Join(root, name))
 	if err != nil {
 		return fmt.Errorf("hashing input %s: %w", name, err)
 	}
 	defer f.Close()
+	// The name as given, relative to root: two work trees of one commit share a stamp.
 	fmt.Fprintf(w, "== %s\n", name)
 	if _, err := io.Copy(w, f); err != nil {
 		return fmt.Errorf("hashing input %s: %w", name, err)
@@ -384,7 +396,7 @@ func imageStamp(img ociimage.Image, srcHash string) (string, error) {
 	h.Write(desc)
 	for _, e := range img.Entries {
 		if e.HostPath != "" {
-			if err := hashFile(h, e.HostPath); err != nil {
+			if err := hashFile(h, "", e.HostPath); err != nil {
 				return "", err
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -206,5 +207,103 @@ func TestWriteImageReusesUnchangedInputs(t *testing.T) {
 		if err := os.WriteFile(out, marker, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestRootlessBuildKitImageLayout(t *testing.T) {
+	bb := needBusybox(t)
+	if _, err := os.Stat("/usr/bin/newuidmap"); err != nil {
+		t.Skip("no /usr/bin/newuidmap (hack/install-deps.sh installs Debian's uidmap)")
+	}
+	bin := fakeBin(t)
+	if err := os.WriteFile(filepath.Join(bin, "rootlesskit"), []byte("fake rootlesskit"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rootful, err := buildKitImage(bin, bb, fakeCA(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := rootlessBuildKitImage(rootful, bin, "/usr/bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "buildkit-rootless.tar")
+	if err := writeImage(out, img, "test"); err != nil {
+		t.Fatal(err)
+	}
+	entries, config := layerEntries(t, out)
+
+	if img.Name != "docker.io/moby/buildkit:v0.34.2-rootless" {
+		t.Errorf("name %s, want the rootful name with -rootless", img.Name)
+	}
+	for _, p := range []string{"/usr/bin/newuidmap", "/usr/bin/newgidmap"} {
+		hdr, ok := entries[p]
+		if !ok {
+			t.Fatalf("%s missing", p)
+		}
+		// rootlesskit runs it as user 1000 to write the subordinate ids: it must be setuid root.
+		if hdr.Mode != 0o4755 || hdr.Uid != 0 {
+			t.Errorf("%s: mode %o uid %d, want 4755 owned by root", p, hdr.Mode, hdr.Uid)
+		}
+	}
+	// Debian's newuidmap is dynamically linked: the loader and libc must come along.
+	var loader, libc bool
+	for p, hdr := range entries {
+		loader = loader || strings.Contains(p, "/ld-linux") && hdr.Typeflag == tar.TypeReg
+		libc = libc || strings.HasSuffix(p, "/libc.so.6") && hdr.Typeflag == tar.TypeReg
+	}
+	if !loader || !libc {
+		t.Errorf("loader present %v, libc.so.6 present %v; want both for Debian's newuidmap", loader, libc)
+	}
+	for p, want := range map[string]string{
+		"/etc/subuid": "user:100000:65536\n",
+		"/etc/subgid": "user:100000:65536\n",
+	} {
+		if _, ok := entries[p]; !ok {
+			t.Errorf("%s missing (want %q)", p, want)
+		}
+	}
+	for _, p := range []string{"/usr/bin/rootlesskit", "/usr/bin/buildkitd", "/usr/bin/runc", "/bin/sh"} {
+		if _, ok := entries[p]; !ok {
+			t.Errorf("%s missing", p)
+		}
+	}
+	for _, p := range []string{"/home/user/.local/share/buildkit", "/home/user/.local/tmp", "/run/user/1000"} {
+		if hdr, ok := entries[p]; !ok || hdr.Mode != 0o1777 {
+			t.Errorf("%s: present %v, want a directory user 1000 can write (1777)", p, ok)
+		}
+	}
+	if got := config.Config.Entrypoint; !slices.Equal(got, []string{"rootlesskit", "buildkitd"}) {
+		t.Errorf("entrypoint %q, want rootlesskit buildkitd", got)
+	}
+	if config.Config.User != "1000:1000" {
+		t.Errorf("user %q, want 1000:1000 (numeric, for runAsNonRoot)", config.Config.User)
+	}
+}
+
+// Two work trees of one commit (helpers' trees share CACHE_DIR) must agree on the stamps, or each
+// would rebuild the base images the other just wrote; a change to a source must not agree.
+func TestHashSourcesIgnoresWhereTheTreeIs(t *testing.T) {
+	write := func(root, body string) {
+		t.Helper()
+		dir := filepath.Join(root, "hack", "x")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "a.go"), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one, two := filepath.Join(t.TempDir(), "one"), filepath.Join(t.TempDir(), "two")
+	write(one, "package x")
+	write(two, "package x")
+	h1, err1 := hashSources(one, []string{"hack/x"})
+	h2, err2 := hashSources(two, []string{"hack/x"})
+	if err1 != nil || err2 != nil || h1 != h2 {
+		t.Fatalf("same sources in two trees hash to %q (%v) and %q (%v)", h1, err1, h2, err2)
+	}
+	write(two, "package x // changed")
+	if h3, _ := hashSources(two, []string{"hack/x"}); h3 == h1 {
+		t.Error("a changed source kept its hash")
 	}
 }
