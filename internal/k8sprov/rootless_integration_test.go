@@ -20,13 +20,13 @@ import (
 func TestIntegrationRootlessBuildersBuild(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
+	env := newAdmissionEnv(t, ctx, func(p *admissionregistrationv1.ValidatingAdmissionPolicy) {
+		variable(t, p, "allowPrivileged").Expression = "false"
+	})
 	buildctl, err := exec.LookPath("buildctl")
 	if err != nil {
 		t.Fatalf("buildctl not in PATH (make tools puts it in $CACHE_DIR/bin): %v", err)
 	}
-	env := newAdmissionEnv(t, ctx, func(p *admissionregistrationv1.ValidatingAdmissionPolicy) {
-		variable(t, p, "allowPrivileged").Expression = "false"
-	})
 	if got := env.cluster.Info.Images["buildkit-rootless"]; got != DefaultRootlessImage {
 		t.Fatalf("the local cluster's rootless image is %q, want %s (hack/cmd/mkimages writes buildkit-rootless.tar)", got, DefaultRootlessImage)
 	}
