@@ -10,7 +10,6 @@ import (
 	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -168,22 +167,17 @@ type admissionEnv struct {
 	unboundClient kubernetes.Interface
 }
 
-// podBoundConfig returns a copy of cfg (a ServiceAccount's) with a token of ServiceAccount
-// account bound to pod, as the kubelet mounts into the pod: the API server then names the pod
-// in the requests' userInfo.extra.
-func (e *jobEnv) podBoundConfig(t *testing.T, ctx context.Context, cfg *rest.Config, account string, pod *corev1.Pod) *rest.Config {
+// podBoundConfig returns cfg (a ServiceAccount's, with its request counter) with a token bound
+// to pod instead, as the kubelet mounts into the pod: the API server then names the pod in the
+// requests' userInfo.extra.
+func (e *jobEnv) podBoundConfig(t *testing.T, ctx context.Context, cfg *rest.Config, pod *corev1.Pod) *rest.Config {
 	t.Helper()
-	tr, err := e.admin.CoreV1().ServiceAccounts(e.ns).CreateToken(ctx, account, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{
-			ExpirationSeconds: ptr.To(int64(3600)),
-			BoundObjectRef:    &authenticationv1.BoundObjectReference{APIVersion: "v1", Kind: "Pod", Name: pod.Name, UID: pod.UID},
-		},
-	}, metav1.CreateOptions{})
+	podCfg, err := e.cluster.PodServiceAccountConfig(ctx, pod)
 	if err != nil {
-		t.Fatalf("requesting a token of %s bound to pod %s: %v", account, pod.Name, err)
+		t.Fatal(err)
 	}
 	bound := rest.CopyConfig(cfg)
-	bound.BearerToken = tr.Status.Token
+	bound.BearerToken = podCfg.BearerToken
 	return bound
 }
 
@@ -228,7 +222,7 @@ func newAdmissionEnv(t *testing.T, ctx context.Context, change func(*admissionre
 		_ = api.ValidatingAdmissionPolicyBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
 	})
 	unbound := env.saConfig
-	env.saConfig = env.podBoundConfig(t, ctx, unbound, "runner", env.runner)
+	env.saConfig = env.podBoundConfig(t, ctx, unbound, env.runner)
 	a := &admissionEnv{
 		jobEnv: env, policyName: policy.Name,
 		runnerClient:  kubernetes.NewForConfigOrDie(env.saConfig),

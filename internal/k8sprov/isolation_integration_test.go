@@ -22,7 +22,7 @@ func TestIntegrationAdmissionPolicyKeepsJobsApart(t *testing.T) {
 	env := newAdmissionEnv(t, ctx, nil)
 	a := env.runnerClient
 	runnerB := env.cluster.CreateRunnerPod(ctx, t, env.ns, "runner-pod-b", "runner")
-	b := kubernetes.NewForConfigOrDie(env.podBoundConfig(t, ctx, env.saConfig, "runner", runnerB))
+	b := kubernetes.NewForConfigOrDie(env.podBoundConfig(t, ctx, env.saConfig, runnerB))
 
 	// Runner A's job, for real: its own token may create its Secret and builder.
 	planA := env.plan(t, "isolation-a", Inputs{Platforms: "linux/amd64"})
