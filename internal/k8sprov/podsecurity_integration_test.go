@@ -69,11 +69,11 @@ func TestIntegrationPodSecurityLevelsAdmitBuilderModes(t *testing.T) {
 		"privileged": {"rootful": {admitted: true}, "rootless": {admitted: true}},
 		"baseline": {
 			"rootful":  {fields: []string{"privileged"}},
-			"rootless": {fields: []string{"seccompProfile", "appArmorProfile"}},
+			"rootless": {fields: []string{"seccompProfile", "AppArmor"}},
 		},
 		"restricted": {
 			"rootful":  {fields: []string{"privileged", "allowPrivilegeEscalation", "seccompProfile"}},
-			"rootless": {fields: []string{"seccompProfile", "appArmorProfile", "allowPrivilegeEscalation", "capabilities"}},
+			"rootless": {fields: []string{"seccompProfile", "AppArmor", "allowPrivilegeEscalation", "capabilities"}},
 		},
 	}
 	for _, level := range []string{"privileged", "baseline", "restricted"} {

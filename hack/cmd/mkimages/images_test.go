@@ -228,7 +228,7 @@ func TestRootlessBuildKitImageLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "buildkit-rootless.tar")
-	if err := writeImage(out, img, "test"); err != nil {
+	if err := writeImageThen(out, img, "test", addUidmapCapabilities); err != nil {
 		t.Fatal(err)
 	}
 	entries, config := layerEntries(t, out)
@@ -236,15 +236,27 @@ func TestRootlessBuildKitImageLayout(t *testing.T) {
 	if img.Name != "docker.io/moby/buildkit:v0.34.2-rootless" {
 		t.Errorf("name %s, want the rootful name with -rootless", img.Name)
 	}
-	for _, p := range []string{"/usr/bin/newuidmap", "/usr/bin/newgidmap"} {
+	for p, want := range map[string][]byte{
+		// setcap cap_setuid=ep, cap_setgid=ep: revision 2 with the effective flag, one capability.
+		"/usr/bin/newuidmap": {0x01, 0, 0, 0x02, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		"/usr/bin/newgidmap": {0x01, 0, 0, 0x02, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+	} {
 		hdr, ok := entries[p]
 		if !ok {
 			t.Fatalf("%s missing", p)
 		}
-		// rootlesskit runs it as user 1000 to write the subordinate ids: it must be setuid root.
-		if hdr.Mode != 0o4755 || hdr.Uid != 0 {
-			t.Errorf("%s: mode %o uid %d, want 4755 owned by root", p, hdr.Mode, hdr.Uid)
+		// rootlesskit runs it as user 1000 to write the subordinate ids: file capabilities,
+		// not setuid root (see uidmapFiles).
+		if hdr.Mode != 0o755 {
+			t.Errorf("%s: mode %o, want 755", p, hdr.Mode)
 		}
+		if got := hdr.PAXRecords["SCHILY.xattr.security.capability"]; got != string(want) {
+			t.Errorf("%s: security.capability %x, want %x", p, got, want)
+		}
+	}
+	// The rewritten archive is consistent: the config's diff ID is the layer's.
+	if len(config.RootFS.DiffIDs) != 1 {
+		t.Errorf("diff IDs %v", config.RootFS.DiffIDs)
 	}
 	// Debian's newuidmap is dynamically linked: the loader and libc must come along.
 	var loader, libc bool
