@@ -70,7 +70,7 @@ func TestIntegrationAdmissionPolicyKeepsJobsApart(t *testing.T) {
 		t.Logf("runner B patches runner A's builder: refused: %v", err)
 	}
 
-	// A pod-bound token has a pod to own its builders: owner: none is not for it.
+	// A pod-bound token has a pod to own its builders: owner-pod: none is not for it.
 	ownerless := env.plan(t, "isolation-ownerless", Inputs{Platforms: "linux/amd64", OwnerPod: "none"})
 	secretN, podsN := renderJob(t, ownerless)
 	_, err = a.CoreV1().Pods(env.ns).Create(ctx, podsN[0], dryRun)
@@ -86,7 +86,7 @@ func TestIntegrationAdmissionPolicyKeepsJobsApart(t *testing.T) {
 	}
 	const noPod = "with a token bound to no pod may only "
 	_, err = unbound.CoreV1().Pods(env.ns).Create(ctx, podsB[0], dryRun)
-	assertRefused(t, "an unbound token creates a builder owned by a runner pod", err, noPod+"create builders without an owner (owner: none)")
+	assertRefused(t, "an unbound token creates a builder owned by a runner pod", err, noPod+"create builders without an owner (owner-pod: none)")
 	err = unbound.CoreV1().Pods(env.ns).Delete(ctx, podA, dryDelete)
 	assertRefused(t, "an unbound token deletes runner A's builder", err, noPod+"delete builders without an owner")
 	err = unbound.CoreV1().Secrets(env.ns).Delete(ctx, secretNameA, dryDelete)
