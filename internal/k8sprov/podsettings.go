@@ -95,3 +95,13 @@ func (s PodSettings) Validate() error {
 	}
 	return nil
 }
+
+// ValidateImage checks an image reference as the image input is checked; the cluster template
+// checks its images with it.
+func ValidateImage(image string) error { return validateImage(image) }
+
+// ValidateBuildkitdConfig checks a buildkitd.toml as the buildkitd-config input is checked.
+func ValidateBuildkitdConfig(content string) error { return validateBuildkitdConfig(content) }
+
+// ValidateTolerations checks toleration rules as the tolerations input is checked.
+func ValidateTolerations(rules []TolerationRule) error { return validateRules(nil, rules) }
