@@ -125,10 +125,10 @@ type bounds struct {
 }
 
 type platformSettings struct {
-	NodeSelector              map[string]string                         `yaml:"nodeSelector"`
-	Tolerations               kube[[]corev1.Toleration]                 `yaml:"tolerations"`
-	Affinity                  kube[*corev1.Affinity]                    `yaml:"affinity"`
-	PriorityClassName         string                                    `yaml:"priorityClassName"`
+	NodeSelector              map[string]string                       `yaml:"nodeSelector"`
+	Tolerations               kube[[]corev1.Toleration]               `yaml:"tolerations"`
+	Affinity                  kube[*corev1.Affinity]                  `yaml:"affinity"`
+	PriorityClassName         string                                  `yaml:"priorityClassName"`
 	TopologySpreadConstraints kube[[]corev1.TopologySpreadConstraint] `yaml:"topologySpreadConstraints"`
 }
 
