@@ -531,3 +531,20 @@ func shellJoin(args []string) string {
 	}
 	return strings.Join(quoted, " ")
 }
+
+// ParseFile reads a template from a file: the template document itself, or a ConfigMap manifest
+// (deploy/cluster-template.yaml) whose DataKey holds it. Errors name the file (and the key).
+func ParseFile(data []byte, path string) (*Template, error) {
+	var head struct {
+		Kind string            `yaml:"kind"`
+		Data map[string]string `yaml:"data"`
+	}
+	if yaml.Unmarshal(data, &head) == nil && head.Kind == "ConfigMap" {
+		content, ok := head.Data[DataKey]
+		if !ok {
+			return nil, &Error{Source: path, Err: fmt.Errorf("a ConfigMap without the key %s", DataKey)}
+		}
+		return Parse([]byte(content), path+" ("+DataKey+")")
+	}
+	return Parse(data, path)
+}
