@@ -9,11 +9,9 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/clustertemplate"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
@@ -149,7 +147,7 @@ jobInputs: [node-selector, limits, max-lifetime]
 	if gen.code() != 0 {
 		t.Fatalf("policy --template exited %d:\n%s", gen.code(), gen.out.String())
 	}
-	applyPolicy(ctx, t, w, []byte(gen.stdout.String()))
+	c.ApplyAdmissionPolicyIn(ctx, t, w.ns, []byte(gen.stdout.String()))
 	// A job whose client does not apply the template (an older binary; here: a Role that cannot
 	// read it, which up only warns about) and asks past it is refused by the API server.
 	role, err := w.admin.RbacV1().Roles(w.ns).Get(ctx, "setup-ephemeral-buildkit", metav1.GetOptions{})
@@ -221,38 +219,4 @@ func restoreConfigMapRule(role *rbacv1.Role) *rbacv1.Role {
 	role.Rules = append(role.Rules, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"configmaps"},
 		ResourceNames: []string{clustertemplate.DefaultName}, Verbs: []string{"get"}})
 	return role
-}
-
-// applyPolicy creates a generated policy and its binding under names of the world's namespace,
-// bound to that namespace only, for the rest of the test.
-func applyPolicy(ctx context.Context, t *testing.T, w *faultWorld, manifest []byte) {
-	t.Helper()
-	var policy admissionregistrationv1.ValidatingAdmissionPolicy
-	var binding admissionregistrationv1.ValidatingAdmissionPolicyBinding
-	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(string(manifest)), 4096)
-	if err := dec.Decode(&policy); err != nil {
-		t.Fatal(err)
-	}
-	if err := dec.Decode(&binding); err != nil {
-		t.Fatal(err)
-	}
-	policy.Name += "-" + w.ns
-	binding.Name += "-" + w.ns
-	binding.Spec.PolicyName = policy.Name
-	binding.Spec.MatchResources = &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
-		MatchLabels: map[string]string{corev1.LabelMetadataName: w.ns},
-	}}
-	api := w.admin.AdmissionregistrationV1()
-	if _, err := api.ValidatingAdmissionPolicies().Create(ctx, &policy, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = api.ValidatingAdmissionPolicies().Delete(context.Background(), policy.Name, metav1.DeleteOptions{})
-	})
-	if _, err := api.ValidatingAdmissionPolicyBindings().Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = api.ValidatingAdmissionPolicyBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
-	})
 }

@@ -6,7 +6,6 @@ import (
 	"testing"
 	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	schedulingv1 "k8s.io/api/scheduling/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -73,26 +72,7 @@ jobInputs: [requests, limits, max-lifetime]
 	if err != nil {
 		t.Fatal(err)
 	}
-	policy, binding := policyObjects(t, manifest)
-	policy.Name += "-" + ns
-	binding.Name += "-" + ns
-	binding.Spec.PolicyName = policy.Name
-	binding.Spec.MatchResources = &admissionregistrationv1.MatchResources{NamespaceSelector: &metav1.LabelSelector{
-		MatchLabels: map[string]string{corev1.LabelMetadataName: ns},
-	}}
-	api := admin.AdmissionregistrationV1()
-	if _, err := api.ValidatingAdmissionPolicies().Create(ctx, policy, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating the generated policy: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = api.ValidatingAdmissionPolicies().Delete(context.Background(), policy.Name, metav1.DeleteOptions{})
-	})
-	if _, err := api.ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
-		t.Fatalf("creating the binding: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = api.ValidatingAdmissionPolicyBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
-	})
+	c.ApplyAdmissionPolicyIn(ctx, t, ns, manifest)
 
 	owner := &k8sprov.RunnerPod{Name: runnerPod.Name, Namespace: ns, UID: types.UID(runnerPod.UID)}
 	render := func(jobID string, in k8sprov.Inputs, underTemplate bool) []*corev1.Pod {
