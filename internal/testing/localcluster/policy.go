@@ -38,7 +38,9 @@ func (c *Cluster) ApplyAdmissionPolicyIn(ctx context.Context, t testing.TB, ns s
 	if _, err := api.ValidatingAdmissionPolicies().Create(ctx, &policy, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the admission policy: %v", err)
 	}
-	t.Cleanup(func() { _ = api.ValidatingAdmissionPolicies().Delete(context.Background(), policy.Name, metav1.DeleteOptions{}) })
+	t.Cleanup(func() {
+		_ = api.ValidatingAdmissionPolicies().Delete(context.Background(), policy.Name, metav1.DeleteOptions{})
+	})
 	if _, err := api.ValidatingAdmissionPolicyBindings().Create(ctx, &binding, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the admission policy binding: %v", err)
 	}
