@@ -68,9 +68,9 @@ jobInputs: [node-selector, limits, max-lifetime]
 		t.Helper()
 		args := []string{"up", "--state-dir", filepath.Join(w.dir, name), "--kubeconfig", w.kubeconfig, "--namespace", w.ns,
 			"--owner-pod", w.runner.Name, "--ci-platform", "github", "--repository", "org/app", "--run-id", "13", "--job-id", name,
-			// The one line of inputs: this node emulates arm64, so the arm64 builder drops the
-			// default kubernetes.io/arch selector; the template keeps its own node labels.
-			"--platforms", "linux/amd64,linux/arm64", "--node-selector", "linux/arm64=kubernetes.io/arch-"}
+			// This node emulates arm64, so the arm64 builder drops the default kubernetes.io/arch
+			// selector (a rule names a label with it; the template's, unchanged, may be named).
+			"--platforms", "linux/amd64,linux/arm64", "--node-selector", "linux/arm64=kubernetes.io/arch-," + c.Info.ArchNodeLabels["arm64"]}
 		return w.start(t, nil, sharedBinary, append(args, extra...)...).wait(ctx, t)
 	}
 	builderPods := func() []corev1.Pod {

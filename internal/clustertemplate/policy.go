@@ -200,14 +200,16 @@ func (t *Template) platformSlugs() []platform.Platform {
 // zero Platform for the platforms the template does not name.
 func perArch(platforms []platform.Platform, value func(platform.Platform) string) string {
 	expr := value(platform.Platform{})
+	fallback := expr
 	for _, p := range slices.Backward(platforms) {
 		v := value(p)
-		if v == expr {
+		if v == fallback {
 			continue
 		}
 		expr = "variables.templateArch == " + celString(p.Slug()) + " ? " + v + " : " + expr
 	}
-	return expr
+	// Parenthesized: the conditional binds looser than any operator it is used with.
+	return "(" + expr + ")"
 }
 
 func celEscape(s string) string {
