@@ -33,7 +33,8 @@
 //	    affinity: {...}                        # Kubernetes' own types, as in a pod spec
 //	    priorityClassName: ci-builds
 //	    topologySpreadConstraints: [...]
-//	jobInputs: [platforms-only inputs are always allowed; list the governed inputs jobs may set]
+//	jobInputs: [requests, limits]              # the governed inputs jobs may set (GovernedInputs);
+//	                                           # absent: all of them; platforms, labels, timeout, ... stay the job's
 //
 // The schema is versioned so that a later version can change a field's meaning; this version is
 // refused by a program that does not know it, never half-read.
