@@ -87,6 +87,7 @@ jobInputs: [node-selector, limits, max-lifetime]
 	if r.code() != 0 {
 		t.Fatalf("up under the template exited %d:\n%s", r.code(), r.out.String())
 	}
+	t.Logf("up of two builders under the template: %v", r.took().Round(time.Millisecond))
 	if !strings.Contains(r.out.String(), "Cluster template: "+source) {
 		t.Errorf("up does not name the template:\n%s", r.out.String())
 	}
@@ -138,6 +139,7 @@ jobInputs: [node-selector, limits, max-lifetime]
 			t.Errorf("up's refusal lacks %q:\n%s", want, r.out.String())
 		}
 	}
+	t.Logf("inputs past the template refused in %v", r.took().Round(time.Millisecond))
 	if pods := builderPods(); len(pods) != 0 {
 		t.Errorf("refused inputs left %d pods", len(pods))
 	}
