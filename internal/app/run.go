@@ -159,7 +159,8 @@ var upFlags = []inputFlag{
 	{name: k8sprov.InputAnnotations, usage: "extra annotations on the pods and Secret, KEY=VALUE,..."},
 	{name: InputKubeconfig, usage: "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)"},
 	{name: InputTemplate, usage: "ConfigMap of the runner namespace holding the platform team's cluster template (default " + clustertemplate.DefaultName + "; none there: the defaults)"},
-	{name: k8sprov.InputRootless, usage: "run buildkitd rootless", boolean: true, def: "false"},
+	// No default text: an unset rootless leaves the mode to the cluster template.
+	{name: k8sprov.InputRootless, usage: "run buildkitd rootless (default false, or the cluster template's mode)", boolean: true},
 	{name: InputUse, usage: "make the builder the current buildx builder and export BUILDX_BUILDER", boolean: true, def: "true"},
 	{name: InputCleanup, usage: "let down remove the builders", boolean: true, def: "true"},
 	{name: InputDebug, usage: "more log output", boolean: true, def: "false"},

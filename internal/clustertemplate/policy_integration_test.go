@@ -154,9 +154,10 @@ jobInputs: [requests, limits, max-lifetime]
 		{"a toleration the template does not give", func(p *corev1.Pod) {
 			p.Spec.Tolerations = append(p.Spec.Tolerations, corev1.Toleration{Key: "gpu", Operator: corev1.TolerationOpExists, Effect: corev1.TaintEffectNoSchedule})
 		}, "a toleration of gpu"},
-		{"a request above the maximum", func(p *corev1.Pod) {
+		{"a request and limit above the maximum", func(p *corev1.Pod) {
 			p.Spec.Containers[0].Resources.Requests[corev1.ResourceCPU] = resource.MustParse("3")
-		}, "requests.cpu 3 above the maximum 2"},
+			p.Spec.Containers[0].Resources.Limits[corev1.ResourceCPU] = resource.MustParse("3")
+		}, "limits.cpu 3 above the maximum 2; requests.cpu 3 above the maximum 2"},
 		{"an environment variable of its own", func(p *corev1.Pod) {
 			p.Spec.Containers[0].Env = append(p.Spec.Containers[0].Env, corev1.EnvVar{Name: "LD_PRELOAD", Value: "/tmp/x.so"})
 		}, "environment variable LD_PRELOAD"},
