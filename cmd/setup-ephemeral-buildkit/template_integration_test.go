@@ -124,6 +124,12 @@ jobInputs: [node-selector, limits, max-lifetime]
 	if d := w.down(ctx, t, filepath.Join(w.dir, "inherits")); d.code() != 0 {
 		t.Fatalf("down exited %d:\n%s", d.code(), d.out.String())
 	}
+	// down returns before the kubelet has stopped the pods; what follows counts builder pods.
+	for gone := time.Now().Add(time.Minute); len(builderPods()) > 0; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(gone) {
+			t.Fatalf("the builders of the first job are still there a minute after down")
+		}
+	}
 
 	// Inputs past the template: refused before anything is created, every one named.
 	r = up("past", "--limits", "memory=2Gi", "--max-lifetime", "3h", "--image", "registry.example/other/buildkit:v1")
@@ -180,6 +186,9 @@ jobInputs: [node-selector, limits, max-lifetime]
 	}
 	if pods := builderPods(); len(pods) != 0 {
 		t.Errorf("the refused job left %d pods", len(pods))
+	}
+	if role, err = w.admin.RbacV1().Roles(w.ns).Get(ctx, role.Name, metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := w.admin.RbacV1().Roles(w.ns).Update(ctx, restoreConfigMapRule(role), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
