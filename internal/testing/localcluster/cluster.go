@@ -63,6 +63,9 @@ type Info struct {
 	// BuildkitdConfigFile is a buildkitd.toml (BuildkitdConfig) for the product's
 	// buildkitd-config input: builders trust the registry and use it as their Docker Hub mirror.
 	BuildkitdConfigFile string `json:"buildkitdConfigFile"`
+	// StorageClass is the StorageClass of the cluster's dynamic volume provisioner
+	// (StorageClassName): claims of it get a directory on the node.
+	StorageClass string `json:"storageClass"`
 }
 
 // Cluster is a running local cluster.
@@ -183,7 +186,7 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 
 // checkPrerequisites fails before any host change when a binary or tool the parts need is missing.
 func checkPrerequisites(binDir string) error {
-	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", registryName} {
+	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", registryName, storageName} {
 		if _, err := os.Stat(filepath.Join(binDir, bin)); err != nil {
 			return fmt.Errorf("binary %s missing in %s (build it with `make tools`): %w", bin, binDir, err)
 		}
