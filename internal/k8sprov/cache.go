@@ -203,20 +203,21 @@ func (s CacheSettings) validate(job cijob.Identity) error {
 	return errors.Join(errs...)
 }
 
-// lineageText is a lineage in words: trust, key (the input, else the repository's id or path)
-// and platform. Untrusted jobs (forks) get a lineage of their own, so they never mount a volume a
-// trusted job uses, and the other way round.
+// lineageText is a lineage in words: trust, the repository (its numeric id where the CI system
+// has one, else its path), the key, and the platform. The repository is always part of it, so a
+// job that names another repository's key never reaches that repository's volumes; the key only
+// splits a repository's lineages. Untrusted jobs (forks) get lineages of their own, so they never
+// mount a volume a trusted job uses, and the other way round.
 func (s CacheSettings) lineageText(job cijob.Identity, pl platform.Platform) string {
-	key := s.Key
-	if key == "" {
-		key = job.CIPlatform + " repository "
-		if job.RepositoryID != "" {
-			key += "id " + job.RepositoryID
-		} else {
-			key += job.Repository
-		}
+	repo := job.Repository
+	if job.RepositoryID != "" {
+		repo = "id " + job.RepositoryID
 	}
-	return trustOf(job) + " " + key + " " + pl.String()
+	text := trustOf(job) + " " + job.CIPlatform + " repository " + repo
+	if s.Key != "" {
+		text += " key " + s.Key
+	}
+	return text + " " + pl.String()
 }
 
 func trustOf(job cijob.Identity) string {

@@ -60,6 +60,12 @@ func TestLineagesSeparateTrustKeyAndPlatform(t *testing.T) {
 	keyed := c
 	keyed.Key = "Dockerfile.api"
 	base := c.Lineage(testJob, amd)
+	otherRepo := testJob
+	otherRepo.RepositoryID = "42"
+	otherKeyed := keyed
+	if keyed.Lineage(otherRepo, amd) == otherKeyed.Lineage(testJob, amd) {
+		t.Errorf("one cache-key in two repositories shares a lineage")
+	}
 	if c.Lineage(otherRun, amd) != base {
 		t.Errorf("two jobs of one repository have different lineages")
 	}
