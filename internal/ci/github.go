@@ -37,8 +37,8 @@ const maxSummaryBytes = 1024 * 1024
 type GitHub struct {
 	getenv   func(string) string
 	readFile func(string) ([]byte, error)
-	out    *LockedWriter
-	random io.Reader
+	out      *LockedWriter
+	random   io.Reader
 }
 
 var _ System = (*GitHub)(nil)
