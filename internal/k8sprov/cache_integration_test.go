@@ -13,12 +13,12 @@ import (
 
 	bkclient "github.com/moby/buildkit/client"
 	"github.com/moby/buildkit/client/llb"
+	"github.com/tonistiigi/fsutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
-	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 )
 
 
@@ -145,8 +145,9 @@ func TestIntegrationCacheVolumeRaceNeverSharesAVolume(t *testing.T) {
 }
 
 // buildStep runs a RUN step that takes a few seconds on the builder and returns how long the
-// solve took and whether BuildKit answered the step from its cache.
-func buildStep(t *testing.T, ctx context.Context, r *Result, image string) (time.Duration, bool) {
+// solve took and whether BuildKit answered the step from its cache. Its root file system is a
+// build context holding the host's static busybox, so the test needs no base image.
+func buildStep(t *testing.T, ctx context.Context, r *Result, contextDir string) (time.Duration, bool) {
 	t.Helper()
 	tlsConfig, err := r.Credentials.ClientTLSConfig()
 	if err != nil {
@@ -157,7 +158,20 @@ func buildStep(t *testing.T, ctx context.Context, r *Result, image string) (time
 		t.Fatal(err)
 	}
 	defer c.Close()
-	def, err := llb.Image(image).Run(llb.Shlex(`sh -c "sleep 5 && echo cached-step > /out"`), llb.WithCustomName("slow step")).Root().Marshal(ctx, llb.LinuxAmd64)
+	// As a Dockerfile's COPY: the step's input is keyed by the files' content, not the session.
+	rootfs := llb.Scratch().File(llb.Copy(llb.Local("context", llb.SharedKeyHint("cache-test")), "busybox", "/busybox"))
+	def, err := rootfs.Run(llb.Args([]string{"/busybox", "sh", "-c", "/busybox sleep 5 && /busybox echo cached-step > /out"}), llb.WithCustomName("slow step")).Root().Marshal(ctx, llb.LinuxAmd64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if du, err := c.DiskUsage(ctx); err == nil {
+		var size int64
+		for _, d := range du {
+			size += d.Size
+		}
+		t.Logf("%s holds %d cache records, %d bytes, before the build", r.Builders[0].Pod, len(du), size)
+	}
+	contextFS, err := fsutil.NewFS(contextDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +189,7 @@ func buildStep(t *testing.T, ctx context.Context, r *Result, image string) (time
 		}
 	}()
 	start := time.Now()
-	if _, err := c.Solve(ctx, def, bkclient.SolveOpt{}, status); err != nil {
+	if _, err := c.Solve(ctx, def, bkclient.SolveOpt{LocalMounts: map[string]fsutil.FS{"context": contextFS}}, status); err != nil {
 		t.Fatalf("build on %s: %v", r.Builders[0].Pod, err)
 	}
 	took := time.Since(start)
@@ -183,19 +197,19 @@ func buildStep(t *testing.T, ctx context.Context, r *Result, image string) (time
 	return took, cached
 }
 
-// registryInputs points builders at the local registry (the base images) through buildkitd-config.
-func registryInputs(t *testing.T, c *localcluster.Cluster, in Inputs) Inputs {
+// busyboxContext is a build context with the host's static busybox (Debian's busybox-static,
+// which the BuildKit image is made with).
+func busyboxContext(t *testing.T) string {
 	t.Helper()
-	data, err := os.ReadFile(c.Info.BuildkitdConfigFile)
+	data, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		t.Fatal(err)
 	}
-	bundle, err := BundleBuildkitdConfig(string(data), filepath.Dir(c.Info.BuildkitdConfigFile), os.ReadFile)
-	if err != nil {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "busybox"), data, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	in.BuildkitdConfig, in.BuildkitdFiles = bundle.Config, bundle.Files
-	return in
+	return dir
 }
 
 // A RUN step's cache survives the job: the next job of the lineage gets the volume and the step
@@ -205,8 +219,8 @@ func TestIntegrationCacheVolumeWarmRebuildAndForkIsolation(t *testing.T) {
 	defer cancel()
 	env := newJobEnv(t, ctx)
 	prov := env.provisioner(t)
-	image := env.cluster.Info.BaseImages[0]
-	in := registryInputs(t, env.cluster, Inputs{CacheSize: "2Gi"})
+	contextDir := busyboxContext(t)
+	in := Inputs{CacheSize: "2Gi"}
 
 	run := func(jobID string, fork bool, in Inputs) (CacheChoice, time.Duration, bool) {
 		t.Helper()
@@ -214,7 +228,7 @@ func TestIntegrationCacheVolumeWarmRebuildAndForkIsolation(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		took, cached := buildStep(t, ctx, r, image)
+		took, cached := buildStep(t, ctx, r, contextDir)
 		env.teardown(t, ctx, prov, r)
 		var c CacheChoice
 		if len(r.Cache) > 0 {
@@ -280,10 +294,13 @@ func TestIntegrationCacheVolumeFallsBackToCold(t *testing.T) {
 		t.Errorf("unbindable volume: %+v, warning %q; want a cold builder and a warning", r.Cache[0], lastWarning())
 	}
 	t.Logf("FIGURE unbindable volume to a ready cold builder: %.1fs", time.Since(start).Seconds())
+	if !strings.Contains(lastWarning(), "never bound") {
+		t.Errorf("the unbindable volume stays in the pool: %q", lastWarning())
+	}
 	env.teardown(t, ctx, prov, r)
 
 	// A volume buildkitd cannot start on: its state directory's worker root is a file.
-	r, err = prov.Provision(ctx, env.cachePlan(t, "healthy", false, Inputs{}, time.Minute))
+	r, err = prov.Provision(ctx, env.cachePlan(t, "healthy", false, Inputs{CacheKey: "damage"}, time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,7 +321,7 @@ func TestIntegrationCacheVolumeFallsBackToCold(t *testing.T) {
 	if err := os.WriteFile(root, []byte("damaged"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	r, err = prov.Provision(ctx, env.cachePlan(t, "on-damaged", false, Inputs{}, time.Minute))
+	r, err = prov.Provision(ctx, env.cachePlan(t, "on-damaged", false, Inputs{CacheKey: "damage"}, time.Minute))
 	if err != nil {
 		t.Fatalf("a damaged volume failed the job: %v", err)
 	}

@@ -128,16 +128,7 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (*Result, error)
 	if ctx.Err() != nil || !cacheMayBeTheCause(err) {
 		return nil, err
 	}
-	reason := err.Error()
-	var be *BuilderError
-	if errors.As(err, &be) && be.Reason == "ContainerExited" && plan.CacheVolumes[be.Platform] != "" {
-		name := plan.CacheVolumes[be.Platform]
-		if derr := p.dropCacheVolume(ctx, plan.Namespace, name); derr != nil {
-			reason += fmt.Sprintf("; removing the damaged cache volume failed: %v", derr)
-		} else {
-			reason += fmt.Sprintf("; cache volume %s is damaged and was removed from the pool", name)
-		}
-	}
+	reason := err.Error() + p.dropFailedCacheVolumes(ctx, plan, err)
 	p.warn(fmt.Sprintf("cache: the builders on cache volumes did not start within %s, going on with cold builders: %s", bound, reason))
 	for i := range choices {
 		if choices[i].Volume != "" {
@@ -150,6 +141,37 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (*Result, error)
 		result.Cache = choices
 	}
 	return result, err
+}
+
+// dropFailedCacheVolumes removes from the pool the cache volumes of a failed start that are of no
+// use to a later job: one buildkitd exited on (damaged), and one that never bound to storage (no
+// data on it to lose; a wrong StorageClass would fail every job that claims it). A volume that
+// was only slow to attach is kept. It returns what it did, for the warning.
+func (p *Provisioner) dropFailedCacheVolumes(ctx context.Context, plan Plan, err error) string {
+	var be *BuilderError
+	exited := errors.As(err, &be) && be.Reason == "ContainerExited"
+	var notes string
+	for _, pl := range plan.Platforms {
+		name := plan.CacheVolumes[pl]
+		if name == "" {
+			continue
+		}
+		why := ""
+		if exited && be.Platform == pl {
+			why = "is damaged"
+		} else if pvc, gerr := p.Client.CoreV1().PersistentVolumeClaims(plan.Namespace).Get(ctx, name, metav1.GetOptions{}); gerr == nil && pvc.Status.Phase != corev1.ClaimBound {
+			why = "never bound to storage (" + string(pvc.Status.Phase) + ")"
+		}
+		if why == "" {
+			continue
+		}
+		if derr := p.dropCacheVolume(ctx, plan.Namespace, name); derr != nil {
+			notes += fmt.Sprintf("; cache volume %s %s, and removing it failed: %v", name, why, derr)
+		} else {
+			notes += fmt.Sprintf("; cache volume %s %s and was removed from the pool", name, why)
+		}
+	}
+	return notes
 }
 
 // cacheMayBeTheCause says whether a failed start on cache volumes is worth a cold retry: not
