@@ -21,7 +21,6 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 )
 
-
 // cachePlan plans a one-arch job of repository org/app with a cache volume; fork makes it a pull
 // request from a fork.
 func (e *jobEnv) cachePlan(t *testing.T, jobID string, fork bool, in Inputs, attach time.Duration) Plan {
