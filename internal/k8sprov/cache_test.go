@@ -215,3 +215,22 @@ func TestGCKeepStorageLeavesRoom(t *testing.T) {
 		t.Errorf("gcKeepStorage(10Gi) = %s", got)
 	}
 }
+
+// A cold builder is tried when the cache may be to blame, not when it would fail the same way.
+func TestCacheMayBeTheCause(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		cold bool
+	}{
+		{&BuilderError{Reason: "Unschedulable"}, true},
+		{&BuilderError{Reason: "ContainerExited"}, true},
+		{context.DeadlineExceeded, true},
+		{&ForbiddenError{Verb: "create", Resource: "pods"}, true},
+		{&BuilderError{Reason: "ErrImagePull"}, false},
+		{&QuotaError{}, false},
+	} {
+		if got := cacheMayBeTheCause(tc.err); got != tc.cold {
+			t.Errorf("cacheMayBeTheCause(%T %v) = %v, want %v", tc.err, tc.err, got, tc.cold)
+		}
+	}
+}

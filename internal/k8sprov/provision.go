@@ -175,17 +175,19 @@ func (p *Provisioner) dropFailedCacheVolumes(ctx context.Context, plan Plan, err
 }
 
 // cacheMayBeTheCause says whether a failed start on cache volumes is worth a cold retry: not
-// when the image cannot be pulled or the pod is refused, which a cold builder shares.
+// when the image cannot be pulled or Pod Security, a quota or a LimitRange refuses the pod,
+// which a cold builder shares. A refusal by RBAC or an admission policy is retried cold: a
+// policy that does not allow volumes (deploy/admission-policy.yaml does not yet) refuses only
+// the cached pod.
 func cacheMayBeTheCause(err error) bool {
 	var be *BuilderError
 	if errors.As(err, &be) {
 		return !fatalWaitingReasons[be.Reason]
 	}
-	var fe *ForbiddenError
 	var pse *PodSecurityError
 	var qe *QuotaError
 	var lre *LimitRangeError
-	return !errors.As(err, &fe) && !errors.As(err, &pse) && !errors.As(err, &qe) && !errors.As(err, &lre)
+	return !errors.As(err, &pse) && !errors.As(err, &qe) && !errors.As(err, &lre)
 }
 
 func (p *Provisioner) warn(msg string) {
