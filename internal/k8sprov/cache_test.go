@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes/fake"
@@ -232,5 +233,37 @@ func TestCacheMayBeTheCause(t *testing.T) {
 		if got := cacheMayBeTheCause(tc.err); got != tc.cold {
 			t.Errorf("cacheMayBeTheCause(%T %v) = %v, want %v", tc.err, tc.err, got, tc.cold)
 		}
+	}
+}
+
+// The janitor removes volumes unused too long, then the least recently used free ones until the
+// namespace is within budget; a volume in use is never removed.
+func TestJudgeCacheVolumes(t *testing.T) {
+	now := fixedTime
+	vol := func(name string, unused time.Duration) corev1.PersistentVolumeClaim {
+		return corev1.PersistentVolumeClaim{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: map[string]string{AnnotationCacheLastUsed: now.Add(-unused).Format(time.RFC3339)}},
+			Spec:       corev1.PersistentVolumeClaimSpec{Resources: corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: DefaultCacheSize.DeepCopy()}}},
+		}
+	}
+	pvcs := []corev1.PersistentVolumeClaim{vol("fresh", time.Minute), vol("stale", 30*24*time.Hour), vol("old-busy", 40*24*time.Hour), vol("older", 3*time.Hour), vol("oldest", 5*time.Hour)}
+	inUse := map[string]string{"old-busy": "in use: held by pod b"}
+	got := map[string]bool{}
+	for _, d := range judgeCacheVolumes(pvcs, inUse, now, CacheBudget{MaxUnused: DefaultCacheMaxUnused, MaxCount: 3}) {
+		got[d.Volume] = d.Delete
+	}
+	want := map[string]bool{"fresh": false, "stale": true, "old-busy": false, "older": false, "oldest": true}
+	for name, del := range want {
+		if got[name] != del {
+			t.Errorf("%s: delete = %v, want %v (all: %v)", name, got[name], del, got)
+		}
+	}
+	bySize := map[string]bool{}
+	for _, d := range judgeCacheVolumes(pvcs, inUse, now, CacheBudget{MaxSize: resource.MustParse("20Gi")}) {
+		bySize[d.Volume] = d.Delete
+	}
+	// 50Gi in five volumes, 20Gi allowed, one in use: the three least recently used free ones go.
+	if !bySize["stale"] || !bySize["oldest"] || !bySize["older"] || bySize["fresh"] || bySize["old-busy"] {
+		t.Errorf("size budget: %v", bySize)
 	}
 }
