@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
@@ -410,10 +412,25 @@ func runGC(ctx context.Context, args []string, d Deps) error {
 	fs.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)")
 	dryRun := "false"
 	fs.Var(boolInput{&dryRun}, "dry-run", "only report what would be deleted")
+	fs.DurationVar(&opts.CacheBudget.MaxUnused, "cache-max-unused", k8sprov.DefaultCacheMaxUnused, "remove cache volumes no job claimed for this long (0: never)")
+	fs.IntVar(&opts.CacheBudget.MaxCount, "cache-max-count", 0, "keep at most this many cache volumes in the namespace, least recently used go first (0: no limit)")
+	maxSize := ""
+	fs.StringVar(&maxSize, "cache-max-size", "", "keep the namespace's cache volumes within this much requested storage, e.g. 500Gi (empty: no limit)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	opts.DryRun = dryRun == "true"
+	if maxSize != "" {
+		q, err := resource.ParseQuantity(maxSize)
+		if err != nil || q.Sign() <= 0 {
+			return &k8sprov.InputError{Input: "cache-max-size", Value: maxSize, Err: errors.New("not a positive quantity"), Accepted: "a quantity such as 500Gi, or empty for no limit"}
+		}
+		opts.CacheBudget.MaxSize = q
+	}
+	if opts.CacheBudget.MaxUnused < 0 || opts.CacheBudget.MaxCount < 0 {
+		return &k8sprov.InputError{Input: "cache-max-unused/cache-max-count", Value: fmt.Sprintf("%s/%d", opts.CacheBudget.MaxUnused, opts.CacheBudget.MaxCount),
+			Err: errors.New("negative"), Accepted: "a duration and a count of zero or more"}
+	}
 	checker, err := jobstatus.FromEnv(d.Getenv)
 	if err != nil {
 		return fmt.Errorf("configuring the job status checks: %w", err)
@@ -426,6 +443,10 @@ func runGC(ctx context.Context, args []string, d Deps) error {
 		if werr := WriteGCReport(d.Stdout, namespace, decisions, opts.DryRun); werr != nil {
 			err = errors.Join(err, werr)
 		}
+	}
+	if namespace != "" {
+		cache, cerr := CollectCacheVolumes(ctx, namespace, opts, d)
+		err = errors.Join(err, cerr, WriteCacheReport(d.Stdout, cache, opts.DryRun))
 	}
 	return err
 }

@@ -331,3 +331,48 @@ func TestIntegrationCacheVolumeFallsBackToCold(t *testing.T) {
 		t.Errorf("damaged volume %s is still in the pool: %v", volume, err)
 	}
 }
+
+// The janitor removes a volume unused too long and the least recently used past the count
+// budget, and never the one a live builder holds.
+func TestIntegrationCacheVolumeJanitorEvicts(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	env := newJobEnv(t, ctx)
+	prov := env.provisioner(t)
+	plan := env.cachePlan(t, "janitor-live", false, Inputs{}, time.Minute)
+	live, err := prov.Provision(ctx, plan)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := live.Cache[0].Volume
+	// Two more slots of the lineage, free: one a month unused, one an hour.
+	lineage := plan.Options.Cache.Lineage(plan.Options.Job, live.Builders[0].Platform)
+	for slot, unused := range map[int]time.Duration{1: 30 * 24 * time.Hour, 2: time.Hour} {
+		pvc := RenderCacheVolume(plan, live.Builders[0].Platform, lineage, slot, time.Now().Add(-unused))
+		delete(pvc.Annotations, AnnotationCacheHolder)
+		if _, err := env.admin.CoreV1().PersistentVolumeClaims(env.ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Held volumes are older still: the held one must survive both rules.
+	decisions, err := (&Provisioner{Client: env.admin}).CollectCacheVolumes(ctx, env.ns, CacheBudget{MaxUnused: 24 * time.Hour, MaxCount: 1}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range decisions {
+		t.Logf("%s: delete %v: %s", d.Volume, d.Delete, d.Reason)
+	}
+	left, err := env.admin.CoreV1().PersistentVolumeClaims(env.ns).List(ctx, metav1.ListOptions{LabelSelector: CacheSelector()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, pvc := range left.Items {
+		if pvc.DeletionTimestamp == nil {
+			names = append(names, pvc.Name)
+		}
+	}
+	if !slices.Equal(names, []string{held}) {
+		t.Errorf("volumes left %v, want only the held %s", names, held)
+	}
+}
