@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -74,7 +75,7 @@ func judgeCacheVolumes(pvcs []corev1.PersistentVolumeClaim, inUse map[string]str
 		if decisions[i].Delete || inUse[pvcs[i].Name] != "" || pvcs[i].DeletionTimestamp != nil {
 			continue
 		}
-		remove(i, fmt.Sprintf("least recently used, over the namespace's budget (%d volumes, %s at most)", b.MaxCount, b.MaxSize.String()))
+		remove(i, "least recently used, over the namespace's budget ("+b.describe()+")")
 	}
 	return decisions
 }
@@ -124,4 +125,16 @@ func (p *Provisioner) CollectCacheVolumes(ctx context.Context, ns string, budget
 		}
 	}
 	return decisions, errors.Join(errs...)
+}
+
+// describe names the budget's limits that are set.
+func (b CacheBudget) describe() string {
+	var limits []string
+	if b.MaxCount > 0 {
+		limits = append(limits, fmt.Sprintf("at most %d volumes", b.MaxCount))
+	}
+	if !b.MaxSize.IsZero() {
+		limits = append(limits, "at most "+b.MaxSize.String())
+	}
+	return strings.Join(limits, ", ")
 }
