@@ -132,28 +132,15 @@ func Plan(repo string, platforms []platform.Platform, write bool) []Platform {
 	return out
 }
 
-// Branch says where a job runs, as far as writing a cache is concerned; the CI adapter fills
-// it from its own variables.
-type Branch struct {
-	// Known is false where the CI system tells nothing (a person's shell).
-	Known bool
-	// Trusted is true for a job on the default branch started by a trusted event.
-	Trusted bool
-	// Why says what decided, for the log: "push to main, the default branch".
-	Why string
-}
-
-// Decide resolves cache-write for a job: true and false are the user's; auto writes only for a
-// trusted default-branch job. The reason is for the log.
-func Decide(w Write, b Branch) (bool, string) {
+// Decide resolves cache-write for a job: true and false are the user's; auto writes only when
+// the CI adapter says the job is a trusted default-branch job (trusted, for the reason why).
+// The returned reason is for the log.
+func Decide(w Write, trusted bool, why string) (bool, string) {
 	switch w {
 	case WriteTrue:
 		return true, "cache-write is true"
 	case WriteFalse:
 		return false, "cache-write is false"
 	}
-	if !b.Known {
-		return false, "cache-write is auto and the CI system does not say this job is on the default branch"
-	}
-	return b.Trusted, "cache-write is auto: " + b.Why
+	return trusted, "cache-write is auto: " + why
 }

@@ -67,19 +67,16 @@ func TestPlanOneReferencePerPlatform(t *testing.T) {
 }
 
 func TestDecide(t *testing.T) {
-	trusted := Branch{Known: true, Trusted: true, Why: "push to main"}
-	fork := Branch{Known: true, Trusted: false, Why: "a pull request"}
 	for _, c := range []struct {
-		w    Write
-		b    Branch
-		want bool
+		w       Write
+		trusted bool
+		want    bool
 	}{
-		{WriteAuto, trusted, true}, {WriteAuto, fork, false}, {WriteAuto, Branch{}, false},
-		{WriteTrue, fork, true}, {WriteFalse, trusted, false},
+		{WriteAuto, true, true}, {WriteAuto, false, false}, {WriteTrue, false, true}, {WriteFalse, true, false},
 	} {
-		got, why := Decide(c.w, c.b)
+		got, why := Decide(c.w, c.trusted, "a pull request")
 		if got != c.want || why == "" {
-			t.Errorf("Decide(%q, %+v) = %v, %q; want %v with a reason", c.w, c.b, got, why, c.want)
+			t.Errorf("Decide(%q, %v) = %v, %q; want %v with a reason", c.w, c.trusted, got, why, c.want)
 		}
 	}
 }
