@@ -6,6 +6,7 @@ import (
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
+	"github.com/org/setup-ephemeral-buildkit/internal/regcache"
 )
 
 // Names of the inputs that steer the flow, as action.yml declares them and the CLI's flags
@@ -34,6 +35,9 @@ type settings struct {
 	cleanup    bool
 	kubeconfig string
 	debug      bool
+	// cacheRef is the registry cache's repository (regcache.InputCacheRef), empty for none.
+	cacheRef   string
+	cacheWrite regcache.Write
 }
 
 // readInputs reads every input: the provisioner's as text (ParseOptions checks them), the flow's
@@ -90,6 +94,13 @@ func readInputs(p ci.System, readFile func(string) ([]byte, error)) (k8sprov.Inp
 		}
 	}
 	s.debug = s.debug || p.Debug()
+	var err error
+	if s.cacheRef, err = regcache.ParseRef(p.Input(regcache.InputCacheRef)); err != nil {
+		errs = append(errs, err)
+	}
+	if s.cacheWrite, err = regcache.ParseWrite(p.Input(regcache.InputCacheWrite)); err != nil {
+		errs = append(errs, err)
+	}
 	return in, s, errors.Join(errs...)
 }
 
