@@ -25,10 +25,10 @@ func TestIntegrationRegistryCacheAcrossBuilders(t *testing.T) {
 	defer cancel()
 	w := newCLIWorld(ctx, t, "regcache-")
 	repo := w.c.Info.Registry + "/itest/" + w.ns + "/cache"
-	context := t.TempDir()
+	buildContext := t.TempDir()
 	// A RUN step that would leave a different file every time it runs: a cached one does not.
 	dockerfile := "FROM debian:bookworm-slim\nRUN sleep 2 && date +%s%N > /built-at && uname -m > /arch\n"
-	if err := os.WriteFile(filepath.Join(context, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(buildContext, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 		t.Fatal(err)
 	}
 
@@ -52,7 +52,7 @@ func TestIntegrationRegistryCacheAcrossBuilders(t *testing.T) {
 			if to != "" {
 				args = append(args, "--cache-to", to)
 			}
-			cmd := exec.CommandContext(ctx, "docker", append(args, context)...)
+			cmd := exec.CommandContext(ctx, "docker", append(args, buildContext)...)
 			cmd.Env = w.processEnv
 			for k, v := range exports {
 				cmd.Env = append(cmd.Env, k+"="+v)
