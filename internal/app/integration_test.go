@@ -231,7 +231,7 @@ func newCLIWorld(ctx context.Context, t *testing.T, prefix string) *cliWorld {
 }
 
 // parseExports reads `export NAME='value'` lines (values without single quotes inside).
-func parseExports(t *testing.T, text string) map[string]string {
+func parseExports(t testing.TB, text string) map[string]string {
 	t.Helper()
 	exports := map[string]string{}
 	var name, value string
