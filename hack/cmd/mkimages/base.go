@@ -220,7 +220,7 @@ func downloadToolchain(goCmd, arch string) (toolchain, error) {
 func baseStamp(root, srcHash string, toolchains map[string]toolchain) (string, error) {
 	h := sha256.New()
 	fmt.Fprintln(h, "sources", srcHash)
-	if err := hashFile(h, filepath.Join(root, rootfsScript)); err != nil {
+	if err := hashFile(h, root, rootfsScript); err != nil {
 		return "", err
 	}
 	fmt.Fprintln(h, debianSuite, debianMirror, debianInclude, goVersion, baseArchs, debianNames, golangNames)

@@ -173,7 +173,11 @@ func hashSources(root string, paths []string) (string, error) {
 			if strings.HasSuffix(f, "_test.go") {
 				continue
 			}
-			if err := hashFile(h, f); err != nil {
+			rel, err := filepath.Rel(root, f)
+			if err != nil {
+				return "", fmt.Errorf("hashing sources: %w", err)
+			}
+			if err := hashFile(h, root, rel); err != nil {
 				return "", err
 			}
 		}
@@ -181,12 +185,13 @@ func hashSources(root string, paths []string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-func hashFile(w io.Writer, name string) error {
-	f, err := os.Open(name)
+func hashFile(w io.Writer, root, name string) error {
+	f, err := os.Open(filepath.Join(root, name))
 	if err != nil {
 		return fmt.Errorf("hashing input %s: %w", name, err)
 	}
 	defer f.Close()
+	// The name as given, relative to root: two work trees of one commit share a stamp.
 	fmt.Fprintf(w, "== %s\n", name)
 	if _, err := io.Copy(w, f); err != nil {
 		return fmt.Errorf("hashing input %s: %w", name, err)
@@ -384,7 +389,7 @@ func imageStamp(img ociimage.Image, srcHash string) (string, error) {
 	h.Write(desc)
 	for _, e := range img.Entries {
 		if e.HostPath != "" {
-			if err := hashFile(h, e.HostPath); err != nil {
+			if err := hashFile(h, "", e.HostPath); err != nil {
 				return "", err
 			}
 		}

@@ -208,3 +208,30 @@ func TestWriteImageReusesUnchangedInputs(t *testing.T) {
 		}
 	}
 }
+
+// Two work trees of one commit (helpers' trees share CACHE_DIR) must agree on the stamps, or each
+// would rebuild the base images the other just wrote; a change to a source must not agree.
+func TestHashSourcesIgnoresWhereTheTreeIs(t *testing.T) {
+	write := func(root, body string) {
+		t.Helper()
+		dir := filepath.Join(root, "hack", "x")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "a.go"), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one, two := filepath.Join(t.TempDir(), "one"), filepath.Join(t.TempDir(), "two")
+	write(one, "package x")
+	write(two, "package x")
+	h1, err1 := hashSources(one, []string{"hack/x"})
+	h2, err2 := hashSources(two, []string{"hack/x"})
+	if err1 != nil || err2 != nil || h1 != h2 {
+		t.Fatalf("same sources in two trees hash to %q (%v) and %q (%v)", h1, err1, h2, err2)
+	}
+	write(two, "package x // changed")
+	if h3, _ := hashSources(two, []string{"hack/x"}); h3 == h1 {
+		t.Error("a changed source kept its hash")
+	}
+}
