@@ -69,9 +69,10 @@ var (
 )
 
 // ParseRef checks cache-ref: a repository with its registry's host, since builders have no
-// default registry of a user's choosing. Empty means no registry cache.
+// default registry of a user's choosing. It is lower-cased first, as `${{ github.repository }}`
+// may not be and references must be. Empty means no registry cache.
 func ParseRef(s string) (string, error) {
-	s = strings.TrimSpace(s)
+	s = strings.ToLower(strings.TrimSpace(s))
 	if s == "" {
 		return "", nil
 	}

@@ -20,7 +20,7 @@ func TestParseRef(t *testing.T) {
 		"registry.example.com/app:latest":  "has a tag",
 		"registry.example.com/app@sha256:0123456789012345678901234567890123456789012345678901234567890123": "has a digest",
 		"org/app":                   "not a registry host",
-		"registry.example.com/App":  "not a repository name",
+		"registry.example.com/-app": "not a repository name",
 		"registry.example.com/a//b": "not a repository name",
 		"registry.example.com":      "not a repository name",
 	} {
@@ -29,6 +29,12 @@ func TestParseRef(t *testing.T) {
 		if !errors.As(err, &ie) || ie.Input != InputCacheRef || ie.Value != in || ie.Accepted != AcceptedRef || !strings.Contains(err.Error(), why) {
 			t.Errorf("ParseRef(%q) = %v; want an input error naming cache-ref, the value and %q", in, err, why)
 		}
+	}
+}
+
+func TestParseRefLowerCases(t *testing.T) {
+	if got, err := ParseRef("ghcr.io/Org/App/cache"); err != nil || got != "ghcr.io/org/app/cache" {
+		t.Errorf("ParseRef(ghcr.io/Org/App/cache) = %q, %v; want it lower-cased", got, err)
 	}
 }
 
