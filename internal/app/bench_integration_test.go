@@ -91,6 +91,11 @@ func BenchmarkIntegrationVsDriver(b *testing.B) {
 	tab.Add(benchtable.Row{Measure: "API requests per job (setup, builds, teardown)", Unit: "req", Ours: ours.requests, Theirs: theirs.requests,
 		Note: "at the API server (audit log)"})
 
+	for _, group := range []string{"our binary (in-process)", "docker CLI + buildx", "buildkitd", "control plane"} {
+		tab.Add(benchtable.Row{Measure: "set-up CPU: " + group, Unit: "cpu-s", Ours: ours.setupCPU[group], Theirs: theirs.setupCPU[group],
+			Note: cpuNotes[group]})
+	}
+
 	// 2. A rebuild after a one-line change behind a 5 s RUN step.
 	rb := e.rebuilds(ctx, b, iterations)
 	tab.Add(benchtable.Row{Measure: "cold build (RUN sleep 5, linux/amd64)", Unit: "s", Ours: rb.oursCold, Theirs: rb.driverCold,
@@ -118,6 +123,14 @@ func BenchmarkIntegrationVsDriver(b *testing.B) {
 	}
 	fmt.Fprintf(&out, "\nAPI requests of one job, by verb and resource:\n  ours:   %s\n  driver: %s\n", ours.lastCounts, theirs.lastCounts)
 	fmt.Print(out.String())
+}
+
+// cpuNotes say what each set-up CPU row holds.
+var cpuNotes = map[string]string{
+	"our binary (in-process)": "the bench process, where up runs (the driver has none)",
+	"docker CLI + buildx":     "exited child processes: buildx create/inspect, the driver's client",
+	"buildkitd":               "live buildkitd processes at ready",
+	"control plane":           "apiserver, etcd, controller-manager, scheduler, kubelet, containerd, shims",
 }
 
 // benchEnv is the bench's world: one namespace, a runner pod, the runners' ServiceAccount under
@@ -275,12 +288,15 @@ func (e *benchEnv) barePodRunning(ctx context.Context, b *testing.B, i int) time
 type jobResult struct {
 	setup, build, context, cleanup time.Duration
 	requests                       auditlog.Counts
+	// setupCPU is the CPU time the set-up cost, by process group.
+	setupCPU cpuSample
 }
 
 // jobFigures collects jobs' figures in seconds.
 type jobFigures struct {
 	setup, build, context, cleanup, requests []float64
 	lastCounts                               auditlog.Counts
+	setupCPU                                 map[string][]float64
 }
 
 func (f *jobFigures) add(r jobResult) {
@@ -290,6 +306,12 @@ func (f *jobFigures) add(r jobResult) {
 	f.cleanup = append(f.cleanup, r.cleanup.Seconds())
 	f.requests = append(f.requests, float64(r.requests.Total()))
 	f.lastCounts = r.requests
+	if f.setupCPU == nil {
+		f.setupCPU = map[string][]float64{}
+	}
+	for group, v := range r.setupCPU {
+		f.setupCPU[group] = append(f.setupCPU[group], v)
+	}
 }
 
 // requestsOf counts ServiceAccount sa's requests received in [from, to) in the audit log.
@@ -368,7 +390,9 @@ func (e *benchEnv) oursJob(ctx context.Context, b *testing.B, id string) jobResu
 	stateDir := filepath.Join(b.TempDir(), "state")
 	start := time.Now()
 	var exports map[string]string
+	cpu := sampleCPU()
 	r.setup = timed(func() { exports = e.oursUp(ctx, b, id, "linux/amd64,linux/arm64", stateDir) })
+	r.setupCPU = sampleCPU().since(cpu)
 	r.build = timed(func() {
 		e.run(ctx, b, exports, "docker", "buildx", "build", "--platform", "linux/amd64,linux/arm64", "--build-arg", "NONCE="+id, e.small)
 	})
@@ -408,7 +432,9 @@ func (e *benchEnv) driverJob(ctx context.Context, b *testing.B, id string) jobRe
 	var r jobResult
 	name := "drv-" + id
 	start := time.Now()
+	cpu := sampleCPU()
 	r.setup = timed(func() { e.driverCreate(ctx, b, name, "linux/amd64", "linux/arm64") })
+	r.setupCPU = sampleCPU().since(cpu)
 	r.build = timed(func() {
 		e.run(ctx, b, nil, "docker", "buildx", "build", "--builder", name, "--platform", "linux/amd64,linux/arm64", "--build-arg", "NONCE="+id, e.small)
 	})
