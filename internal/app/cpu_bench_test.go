@@ -15,7 +15,7 @@ type cpuSample map[string]float64
 
 // cpuGroups maps a process's comm (as /proc shows it, at most 15 bytes) to its group.
 var cpuGroups = map[string]string{
-	"buildkitd": "buildkitd",
+	"buildkitd":      "buildkitd",
 	"kube-apiserver": "control plane", "etcd": "control plane", "kube-controller": "control plane",
 	"kube-scheduler": "control plane", "kubelet": "control plane", "containerd": "control plane",
 	"containerd-shim": "control plane", "runc": "control plane",
