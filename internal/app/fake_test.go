@@ -17,6 +17,7 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -127,7 +128,8 @@ func (w *world) startKubelet(ctx context.Context) {
 					Name: k8sprov.ContainerName, Image: pod.Spec.Containers[0].Image,
 					State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{}},
 				}}
-				if _, err := w.client.CoreV1().Pods(w.ns).Update(ctx, pod, metav1.UpdateOptions{}); err != nil && ctx.Err() == nil {
+				// A pod the flow deleted already (a rollback) is gone, as a real kubelet would find it.
+				if _, err := w.client.CoreV1().Pods(w.ns).Update(ctx, pod, metav1.UpdateOptions{}); err != nil && ctx.Err() == nil && !apierrors.IsNotFound(err) {
 					w.t.Errorf("kubelet: %v", err)
 				}
 			}
