@@ -127,9 +127,14 @@ func (p *Provisioner) deleteSecrets(ctx context.Context, ns string, key JobKey, 
 	var errs []error
 	secrets := opts.Secrets
 	if opts.ListSecrets {
-		list, err := p.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(key)})
+		var list *corev1.SecretList
+		err := retryTransient(ctx, func(ctx context.Context) (err error) {
+			list, err = p.Client.CoreV1().Secrets(ns).List(ctx, metav1.ListOptions{LabelSelector: JobSelector(key)})
+			return err
+		})
 		if err != nil {
 			errs = append(errs, explainAPIError(err, "list", "secrets", ns, "listing the job's Secrets"))
+			list = &corev1.SecretList{}
 		}
 		for i := range list.Items {
 			secret := &list.Items[i]

@@ -95,7 +95,14 @@ func (p *Provisioner) watchPods(ctx context.Context, ns string, key JobKey, what
 		}
 		return l.ResourceVersion, items, nil
 	}
-	rv, initial, err := list(ctx)
+	var (
+		rv      string
+		initial []runtime.Object
+	)
+	err := retryTransient(ctx, func(ctx context.Context) (err error) {
+		rv, initial, err = list(ctx)
+		return err
+	})
 	if err != nil {
 		return nil, explainAPIError(err, "list", "pods", ns, "listing "+what)
 	}
@@ -329,7 +336,11 @@ func (p *Provisioner) watchEvents(ctx context.Context, ns string) (*resumingWatc
 		}
 		return l.ResourceVersion, nil, nil
 	}
-	rv, _, err := list(ctx)
+	var rv string
+	err := retryTransient(ctx, func(ctx context.Context) (err error) {
+		rv, _, err = list(ctx)
+		return err
+	})
 	if err != nil {
 		return nil, explainAPIError(err, "list", "events", ns, "listing events")
 	}
