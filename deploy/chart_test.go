@@ -339,6 +339,7 @@ var everyValue = []string{
 	`runners.serviceAccounts=["runner","gitlab-job"]`,
 	`image={"repository":"10.213.0.1:5000/platform/setup-ephemeral-buildkit","tag":"v1.2.3","pullPolicy":"Always"}`,
 	`admissionPolicy={"enabled":true,"validationActions":["Warn","Audit"],"images":["registry.example/mirror/buildkit:*"],"allowPrivileged":false,"namespaceSelector":{"matchLabels":{"ci":"true"}}}`,
+	`clusterTemplate={"name":"builders","template":"apiVersion: setup-ephemeral-buildkit.io/v1alpha1\nkind: ClusterTemplate\nmode: rootless\n"}`,
 	`janitor={"enabled":true,"schedule":"*/5 * * * *","dryRun":true,"extraArgs":["--kubeconfig=/k"],"tokenSecret":"tokens","githubApiUrl":"https://ghe.example/api/v3","gitlabUrl":"https://gitlab.example","jobStatusTimeout":"5s","resources":{"requests":{"cpu":"50m"}}}`,
 }
 
@@ -405,7 +406,14 @@ func TestChartValues(t *testing.T) {
 		if got, want := jsonOf(field(binding, "subjects")), `[{"kind":"ServiceAccount","name":"runner"},{"kind":"ServiceAccount","name":"gitlab-job"}]`; got != want {
 			t.Errorf("%s subjects = %s, want %s", ns, got, want)
 		}
-		find(t, objects, "Role", ns, name)
+		role := find(t, objects, "Role", ns, name)
+		if got, want := jsonOf(field(role, "rules", 4)), `{"apiGroups":[""],"resourceNames":["builders"],"resources":["configmaps"],"verbs":["get"]}`; got != want {
+			t.Errorf("%s Role's template rule = %s, want %s", ns, got, want)
+		}
+		template := find(t, objects, "ConfigMap", ns, "builders")
+		if got, want := jsonOf(field(template, "data")), `{"template.yaml":"apiVersion: setup-ephemeral-buildkit.io/v1alpha1\nkind: ClusterTemplate\nmode: rootless\n"}`; got != want {
+			t.Errorf("%s template ConfigMap data = %s, want %s", ns, got, want)
+		}
 		cron := find(t, objects, "CronJob", ns, janitor)
 		container := field(cron, "spec", "jobTemplate", "spec", "template", "spec", "containers", 0)
 		checks := map[string][2]string{

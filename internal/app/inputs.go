@@ -3,8 +3,12 @@ package app
 import (
 	"errors"
 	"path/filepath"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
+	"github.com/org/setup-ephemeral-buildkit/internal/clustertemplate"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
@@ -21,6 +25,9 @@ const (
 	InputCleanup               = "cleanup"
 	InputKubeconfig            = "kubeconfig"
 	InputDebug                 = "debug"
+	// InputTemplate names the ConfigMap of the runner namespace that holds the platform team's
+	// cluster template (package clustertemplate); default clustertemplate.DefaultName.
+	InputTemplate = "template"
 	// InputJobStatus is the job's status as the post step sees it; action.yml defaults it to
 	// ${{ job.status }}, which the runner evaluates again for the post step. Anything but
 	// "success" (or empty) makes the post step print the builders' last log lines.
@@ -34,6 +41,9 @@ type settings struct {
 	cleanup    bool
 	kubeconfig string
 	debug      bool
+	// template is the cluster template's ConfigMap name; explicitTemplate says the job named it.
+	template         string
+	explicitTemplate bool
 }
 
 // readInputs reads every input: the provisioner's as text (ParseOptions checks them), the flow's
@@ -79,7 +89,14 @@ func readInputs(p ci.System, readFile func(string) ([]byte, error)) (k8sprov.Inp
 		}
 		in.BuildkitdConfig, in.BuildkitdFiles = bundle.Config, bundle.Files
 	}
-	s := settings{name: p.Input(InputName), kubeconfig: p.Input(InputKubeconfig)}
+	s := settings{name: p.Input(InputName), kubeconfig: p.Input(InputKubeconfig), template: p.Input(InputTemplate)}
+	s.explicitTemplate = s.template != ""
+	if !s.explicitTemplate {
+		s.template = clustertemplate.DefaultName
+	} else if msgs := validation.IsDNS1123Subdomain(s.template); len(msgs) > 0 {
+		errs = append(errs, &k8sprov.InputError{Input: InputTemplate, Value: s.template, Err: errors.New(strings.Join(msgs, "; ")),
+			Accepted: "the name of a ConfigMap in the runner namespace (default " + clustertemplate.DefaultName + ")"})
+	}
 	for _, b := range []struct {
 		input string
 		def   bool

@@ -14,6 +14,7 @@ import (
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
+	"github.com/org/setup-ephemeral-buildkit/internal/clustertemplate"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
@@ -83,6 +84,8 @@ func Run(ctx context.Context, args []string, deps Deps) error {
 		return runEnv(rest, d)
 	case "gc":
 		return runGC(ctx, rest, d)
+	case "policy":
+		return runPolicy(rest, d)
 	case "version", "--version":
 		_, err := fmt.Fprintf(d.Stdout, "setup-ephemeral-buildkit %s\n", d.Version)
 		return err
@@ -90,7 +93,7 @@ func Run(ctx context.Context, args []string, deps Deps) error {
 		usage(d.Stdout)
 		return nil
 	}
-	err := fmt.Errorf("unknown command %q (want up, down, env, gc, version or help)", verb)
+	err := fmt.Errorf("unknown command %q (want up, down, env, gc, policy, version or help)", verb)
 	fmt.Fprintf(d.Stderr, "setup-ephemeral-buildkit: %v\n\n", err)
 	usage(d.Stderr)
 	return &exitError{code: ExitUsage, reported: true, err: err}
@@ -107,6 +110,7 @@ Commands:
   down     remove the builders, their Secret, the buildx builder and the certificate files
   env      print the environment exports of the builders that are up (BUILDX_*, BUILDKIT_*; not up's EPHEMERAL_BUILDKIT_* outputs)
   gc       remove builders of finished jobs in a namespace (expired, or runner pod gone)
+  policy   print the admission policy, with a cluster template's limits: policy --template FILE | kubectl apply -f -
   version  print the version
 
 Run "setup-ephemeral-buildkit COMMAND -h" for the flags of a command. Started by the GitHub
@@ -154,7 +158,9 @@ var upFlags = []inputFlag{
 	{name: k8sprov.InputLabels, usage: "extra labels on the pods and Secret, KEY=VALUE,..."},
 	{name: k8sprov.InputAnnotations, usage: "extra annotations on the pods and Secret, KEY=VALUE,..."},
 	{name: InputKubeconfig, usage: "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)"},
-	{name: k8sprov.InputRootless, usage: "run buildkitd rootless", boolean: true, def: "false"},
+	{name: InputTemplate, usage: "ConfigMap of the runner namespace holding the platform team's cluster template (default " + clustertemplate.DefaultName + "; none there: the defaults)"},
+	// No default text: an unset rootless leaves the mode to the cluster template.
+	{name: k8sprov.InputRootless, usage: "run buildkitd rootless (default false, or the cluster template's mode)", boolean: true},
 	{name: InputUse, usage: "make the builder the current buildx builder and export BUILDX_BUILDER", boolean: true, def: "true"},
 	{name: InputCleanup, usage: "let down remove the builders", boolean: true, def: "true"},
 	{name: InputDebug, usage: "more log output", boolean: true, def: "false"},

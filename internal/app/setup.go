@@ -39,10 +39,12 @@ func Main(ctx context.Context, p ci.System, deps Deps) (err error) {
 	if err != nil {
 		return err
 	}
-	kube, plan, err := resolve(ctx, p, d, in.opts, in.set.kubeconfig, in.defaultPlatform)
+	kube, plan, err := resolve(ctx, p, d, in)
 	if err != nil {
 		return err
 	}
+	// The cluster template may have changed the options (buildx records the buildkitd flags).
+	in.opts = plan.Options
 	st, earlierSecrets, err := recordJob(p, plan, in.set)
 	if err != nil {
 		return err
@@ -79,6 +81,8 @@ func Main(ctx context.Context, p ci.System, deps Deps) (err error) {
 
 // mainInputs are Main's checked inputs.
 type mainInputs struct {
+	// raw are the inputs as the job gave them; opts what they say without a cluster template.
+	raw  k8sprov.Inputs
 	opts k8sprov.Options
 	set  settings
 	// defaultPlatform is this runner's, for an empty platforms input; zero if it has none.
@@ -100,7 +104,7 @@ func checkInputs(p ci.System, d Deps) (mainInputs, error) {
 	if err != nil && len(opts.Platforms) == 0 {
 		return mainInputs{}, fmt.Errorf("no platforms input and this runner's architecture %q is not a builder platform: %w", d.Arch, err)
 	}
-	return mainInputs{opts: opts, set: set, defaultPlatform: defaultPlatform}, nil
+	return mainInputs{raw: in, opts: opts, set: set, defaultPlatform: defaultPlatform}, nil
 }
 
 // recordJob names the builder and the job's local paths and saves them as state before anything
@@ -217,12 +221,13 @@ func registerBuilder(ctx context.Context, p ci.System, d Deps, st jobState, resu
 	return builder, inspection, files, err
 }
 
-// resolve connects to Kubernetes, finds the builders' namespace and the runner pod that will own
-// them, and plans the job's objects.
-func resolve(ctx context.Context, p ci.System, d Deps, opts k8sprov.Options, kubeconfig string, defaultPlatform platform.Platform) (*KubeClient, k8sprov.Plan, error) {
+// resolve connects to Kubernetes, finds the builders' namespace, applies the cluster template
+// kept there, finds the runner pod that will own the builders, and plans the job's objects.
+func resolve(ctx context.Context, p ci.System, d Deps, in mainInputs) (*KubeClient, k8sprov.Plan, error) {
+	opts, defaultPlatform := in.opts, in.defaultPlatform
 	end := p.Group("Finding the runner pod")
 	defer end()
-	kube, err := d.Kube(ctx, kubeconfig)
+	kube, err := d.Kube(ctx, in.set.kubeconfig)
 	if err != nil {
 		return nil, k8sprov.Plan{}, fmt.Errorf("connecting to Kubernetes: %w", err)
 	}
@@ -242,6 +247,9 @@ func resolve(ctx context.Context, p ci.System, d Deps, opts k8sprov.Options, kub
 		return nil, k8sprov.Plan{}, err
 	}
 	p.Infof("Namespace: %s (from %s)", namespace, source)
+	if opts, err = applyTemplate(ctx, p, kube, namespace, in); err != nil {
+		return nil, k8sprov.Plan{}, err
+	}
 	owner, err := k8sprov.ResolveOwner(ctx, kube.Client, namespace, lookup)
 	if err != nil {
 		return nil, k8sprov.Plan{}, err

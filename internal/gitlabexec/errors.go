@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/clustertemplate"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
@@ -58,11 +59,13 @@ func (e *ConfigurationError) Error() string { return e.Stage + ": " + e.Err.Erro
 func (e *ConfigurationError) Unwrap() error { return e.Err }
 
 // configurationOrSystemFailure wraps err, if any, as a ConfigurationError of stage when it
-// holds a refused input (*k8sprov.InputError), else as a SystemFailureError: the Kubernetes API,
-// scheduling and timeouts are the infrastructure's, worth the runner's retry.
+// holds a refused input (*k8sprov.InputError) or a malformed cluster template
+// (*clustertemplate.Error), which a retry meets again, else as a SystemFailureError: the
+// Kubernetes API, scheduling and timeouts are the infrastructure's, worth the runner's retry.
 func configurationOrSystemFailure(stage string, err error) error {
 	var input *k8sprov.InputError
-	if err != nil && errors.As(err, &input) {
+	var template *clustertemplate.Error
+	if err != nil && (errors.As(err, &input) || errors.As(err, &template)) {
 		return &ConfigurationError{Stage: stage, Err: err}
 	}
 	return systemFailure(stage, err)

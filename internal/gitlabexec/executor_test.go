@@ -16,6 +16,7 @@ import (
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
+	"github.com/org/setup-ephemeral-buildkit/internal/clustertemplate"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 )
 
@@ -313,6 +314,7 @@ func TestStageExitCodes(t *testing.T) {
 		want     int
 	}{
 		{row: "input refused (unknown platform)", upErr: fmt.Errorf("checking the inputs:\n%w", realInputErr), stage: []string{StagePrepare}, want: build},
+		{row: "cluster template malformed", upErr: &clustertemplate.Error{Source: "ci/setup-ephemeral-buildkit", Line: 3, Err: errors.New("mode \"fast\"")}, stage: []string{StagePrepare}, want: build},
 		{row: "hook setting invalid", settings: Settings{Shell: "zsh"}, stage: []string{StagePrepare}, want: build},
 		{row: "Kubernetes API refused or unreachable", upErr: fmt.Errorf("connecting to Kubernetes: %w", &k8sprov.ForbiddenError{Verb: "create", Resource: "pods", Namespace: "ci", Err: errors.New("forbidden")}), stage: []string{StagePrepare}, want: system},
 		{row: "builder unschedulable", upErr: &k8sprov.BuilderError{Reason: "Unschedulable", Message: "0/3 nodes are available"}, stage: []string{StagePrepare}, want: system},

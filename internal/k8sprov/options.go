@@ -137,6 +137,9 @@ type Options struct {
 	// Rootless runs buildkitd unprivileged (the -rootless image, user 1000, no privileged
 	// container); see RenderPod for what that needs from the cluster.
 	Rootless bool
+	// Pod holds what only a cluster template sets (pull policy, debug logging, OpenTelemetry
+	// environment, affinity, priority class, topology spread).
+	Pod PodSettings
 
 	ReadinessTimeout       time.Duration
 	MaxLifetime            time.Duration
@@ -305,6 +308,9 @@ func (o Options) Validate() error {
 	add(named(InputBuildkitdFlags, strings.Join(o.BuildkitdFlags, " "), validateBuildkitdFlags(o.BuildkitdFlags)))
 	if o.BuildkitdConfig != "" {
 		add(named(InputBuildkitdConfig, o.BuildkitdConfig, validateBuildkitdConfig(o.BuildkitdConfig)))
+	}
+	if err := o.Pod.Validate(); err != nil {
+		add(fmt.Errorf("cluster template settings: %w", err))
 	}
 	add(validateDuration(InputTimeout, o.ReadinessTimeout, minReadinessTimeout, maxReadinessTimeout))
 	lifetimeErr := validateDuration(InputMaxLifetime, o.MaxLifetime, minMaxLifetime, maxMaxLifetime)

@@ -133,6 +133,7 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 	args, configItems := buildkitdArgs(opts, pl)
 	container := buildkitdContainer(opts, args)
 	podSecurity, secretMode := securityContexts(opts, &container)
+	scheduling := opts.Pod.SchedulingFor(pl)
 
 	return &corev1.Pod{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
@@ -148,6 +149,9 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 			RestartPolicy:                 corev1.RestartPolicyNever,
 			NodeSelector:                  nodeSelector,
 			Tolerations:                   tolerations,
+			Affinity:                      scheduling.Affinity,
+			PriorityClassName:             scheduling.PriorityClassName,
+			TopologySpreadConstraints:     scheduling.TopologySpreadConstraints,
 			AutomountServiceAccountToken:  ptr.To(false),
 			EnableServiceLinks:            ptr.To(false),
 			ActiveDeadlineSeconds:         ptr.To(ceilSeconds(opts.MaxLifetime)),
@@ -190,6 +194,9 @@ func buildkitdArgs(opts Options, pl platform.Platform) ([]string, []corev1.KeyTo
 			configItems = append(configItems, corev1.KeyToPath{Key: name, Path: filesSubdir + "/" + name})
 		}
 	}
+	if opts.Pod.Debug {
+		args = append(args, "--debug")
+	}
 	if opts.Rootless {
 		// Without a privileged container, BuildKit cannot mount a fresh /proc for build steps.
 		args = append(args, "--oci-worker-no-process-sandbox")
@@ -203,11 +210,20 @@ func buildkitdContainer(opts Options, args []string) corev1.Container {
 	if opts.Rootless {
 		stateDir = rootlessStateDir
 	}
+	pullPolicy := opts.Pod.ImagePullPolicy
+	if pullPolicy == "" {
+		pullPolicy = corev1.PullIfNotPresent
+	}
+	var env []corev1.EnvVar
+	for _, e := range opts.Pod.Env {
+		env = append(env, *e.DeepCopy())
+	}
 	return corev1.Container{
 		Name:            ContainerName,
 		Image:           opts.Image,
-		ImagePullPolicy: corev1.PullIfNotPresent,
+		ImagePullPolicy: pullPolicy,
 		Args:            args,
+		Env:             env,
 		Ports: []corev1.ContainerPort{{
 			Name:          "buildkit",
 			ContainerPort: BuildkitPort,
