@@ -19,7 +19,7 @@ BIN_DIR=$CACHE_DIR/bin
 STAMP_DIR=$CACHE_DIR/stamps
 WORK_DIR=$CACHE_DIR/tmp
 GO=${GO:-go}
-ALL_TOOLS="runc etcd buildkit buildx act kubernetes registry helm actionlint"
+ALL_TOOLS="runc etcd buildkit rootlesskit buildx act kubernetes registry helm actionlint"
 TOOLS=${TOOLS:-$ALL_TOOLS}
 
 # Versions stamped into the binaries. They must match the versions the scratch modules require;
@@ -108,6 +108,17 @@ build_buildkit() {
 	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath -tags "osusergo netgo static_build" \
 		-ldflags "-s -w -X $p.Version=$BUILDKIT_VERSION -X $p.Revision=$BUILDKIT_VERSION -X $p.Package=github.com/moby/buildkit" \
 		-o "$out/" github.com/moby/buildkit/cmd/buildkitd github.com/moby/buildkit/cmd/buildctl)
+}
+
+outputs_rootlesskit() { echo rootlesskit; }
+build_rootlesskit() {
+	# The version lives here, not in the shared *_VERSION line of stamp_of, so bumping it
+	# rebuilds rootlesskit alone. It is the one BuildKit's Dockerfile pins (ROOTLESSKIT_VERSION).
+	local out=$1 dir=$TOOLS_DIR/rootlesskit version=v3.2.0
+	check_version "$dir" github.com/rootless-containers/rootlesskit/v3 "$version"
+	# Static, for the rootless BuildKit image (no libc); the version is a constant in the module.
+	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w" -o "$out/rootlesskit" \
+		github.com/rootless-containers/rootlesskit/v3/cmd/rootlesskit)
 }
 
 outputs_buildx() { echo docker-buildx; }

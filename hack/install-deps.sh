@@ -12,6 +12,7 @@ packages=(
 	containernetworking-plugins # bridge + host-local IPAM for pod networking
 	qemu-user-static            # arm64 RUN steps under emulation (binfmt_misc)
 	busybox-static              # the shell and applets inside the BuildKit image
+	uidmap                      # newuidmap/newgidmap inside the rootless BuildKit image
 	libseccomp-dev              # libseccomp.a for the static seccomp-enabled runc
 	iptables                    # FORWARD rule that keeps pod traffic on the machine
 	pkg-config                  # libseccomp-golang finds libseccomp through it

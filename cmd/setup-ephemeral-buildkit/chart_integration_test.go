@@ -162,6 +162,9 @@ func TestIntegrationHelmChart(t *testing.T) {
 	in.run(ctx, t, "helm", append([]string{"install", release, chartDir, "--namespace", ns, "--wait"}, values...)...)
 
 	w := newFaultWorldIn(ctx, t, c, ns)
+	// The job's token is bound to its runner pod, as the kubelet mounts it: the admission policy
+	// lets such a token handle only builders its own pod owns.
+	c.WritePodServiceAccountKubeconfig(ctx, t, w.runner, w.kubeconfig)
 	// The policy is in force: the runner may not create a pod that is not a builder.
 	runner, err := c.ServiceAccountConfig(ctx, ns, "runner")
 	if err != nil {
@@ -265,6 +268,9 @@ patches:
 	in.run(ctx, t, "kubectl", "apply", "-k", overlay)
 
 	w := newFaultWorldIn(ctx, t, c, ns)
+	// The job's token is bound to its runner pod, as the kubelet mounts it: the admission policy
+	// lets such a token handle only builders its own pod owns.
+	c.WritePodServiceAccountKubeconfig(ctx, t, w.runner, w.kubeconfig)
 	refusal := waitPolicyRefuses(ctx, t, w, "has image registry.example/unvetted/buildkit:v1, allowed: "+c.Info.Images["buildkit"],
 		"--image", "registry.example/unvetted/buildkit:v1")
 	t.Logf("an image the overlay does not allow is refused: %s", refusal)

@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
 
@@ -158,8 +159,26 @@ func TestAdmissionPolicyManifest(t *testing.T) {
 type admissionEnv struct {
 	*jobEnv
 	policyName string
-	// runnerClient acts as the restricted runner ServiceAccount.
+	// runnerClient acts as the restricted runner ServiceAccount with a token bound to the runner
+	// pod, as a job inside that pod holds it; the provisioner uses the same token.
 	runnerClient kubernetes.Interface
+	// unboundClient acts as the same ServiceAccount with a token bound to no pod, as a
+	// kubeconfig outside the cluster holds it.
+	unboundClient kubernetes.Interface
+}
+
+// podBoundConfig returns cfg (a ServiceAccount's, with its request counter) with a token bound
+// to pod instead, as the kubelet mounts into the pod: the API server then names the pod in the
+// requests' userInfo.extra.
+func (e *jobEnv) podBoundConfig(t *testing.T, ctx context.Context, cfg *rest.Config, pod *corev1.Pod) *rest.Config {
+	t.Helper()
+	podCfg, err := e.cluster.PodServiceAccountConfig(ctx, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := rest.CopyConfig(cfg)
+	bound.BearerToken = podCfg.BearerToken
+	return bound
 }
 
 // newAdmissionEnv creates a job environment and applies deploy/admission-policy.yaml to it, with
@@ -202,7 +221,13 @@ func newAdmissionEnv(t *testing.T, ctx context.Context, change func(*admissionre
 	t.Cleanup(func() {
 		_ = api.ValidatingAdmissionPolicyBindings().Delete(context.Background(), binding.Name, metav1.DeleteOptions{})
 	})
-	a := &admissionEnv{jobEnv: env, policyName: policy.Name, runnerClient: kubernetes.NewForConfigOrDie(env.saConfig)}
+	unbound := env.saConfig
+	env.saConfig = env.podBoundConfig(t, ctx, unbound, env.runner)
+	a := &admissionEnv{
+		jobEnv: env, policyName: policy.Name,
+		runnerClient:  kubernetes.NewForConfigOrDie(env.saConfig),
+		unboundClient: kubernetes.NewForConfigOrDie(unbound),
+	}
 
 	// A new policy takes a moment to reach the API server's admission chain.
 	a.waitUntilRefused(t, ctx, a.runnerClient, "lacks the labels", func() *corev1.Pod {
@@ -352,10 +377,10 @@ func TestIntegrationAdmissionPolicyAcceptsRenderedPods(t *testing.T) {
 			Platforms: "linux/arm/v7", Rootless: "true", BuildkitdConfig: "debug = true\n",
 		},
 		"image from an allowed prefix": {Platforms: "linux/amd64", Image: mirror + ":v0.34.2"},
+		"owner none":                   {Platforms: "linux/amd64", OwnerPod: "none"},
 		"digest-pinned image from an allowed prefix": {
 			Platforms: "linux/arm64", Image: mirror + ":v0.34.2@sha256:" + strings.Repeat("ab", 32),
 		},
-		"owner none": {Platforms: "linux/amd64", OwnerPod: "none"},
 		"everything set": {
 			Platforms:              "linux/amd64,linux/arm64",
 			Requests:               "cpu=500m,memory=256Mi",
@@ -373,11 +398,17 @@ func TestIntegrationAdmissionPolicyAcceptsRenderedPods(t *testing.T) {
 	} {
 		plan := env.plan(t, "rendered-"+strings.ReplaceAll(name, " ", "-"), in)
 		secret, pods := renderJob(t, plan)
-		if _, err := env.runnerClient.CoreV1().Secrets(env.ns).Create(ctx, secret, dryRun); err != nil {
+		// Builders without an owner are made with a token bound to no pod (see
+		// TestIntegrationAdmissionPolicyKeepsJobsApart).
+		client := env.runnerClient
+		if plan.Owner == nil {
+			client = env.unboundClient
+		}
+		if _, err := client.CoreV1().Secrets(env.ns).Create(ctx, secret, dryRun); err != nil {
 			t.Errorf("%s: the runner may not create the rendered Secret: %v", name, err)
 		}
 		for _, pod := range pods {
-			if _, err := env.runnerClient.CoreV1().Pods(env.ns).Create(ctx, pod, dryRun); err != nil {
+			if _, err := client.CoreV1().Pods(env.ns).Create(ctx, pod, dryRun); err != nil {
 				t.Errorf("%s: the runner may not create the rendered pod %s (image %s): %v", name, pod.Name, pod.Spec.Containers[0].Image, err)
 			}
 		}

@@ -59,6 +59,8 @@ var busyboxApplets = []string{
 
 type config struct {
 	binDir, outDir, busybox, goCmd string
+	// uidmapDir holds Debian's newuidmap and newgidmap for the rootless image.
+	uidmapDir string
 	// baseImages also writes the Debian and Go base images (buildBaseImages).
 	baseImages bool
 }
@@ -93,14 +95,20 @@ func run(cfg config) error {
 	if err != nil {
 		return err
 	}
+	rootless, err := rootlessBuildKitImage(bk, cfg.binDir, cfg.uidmapDir)
+	if err != nil {
+		return err
+	}
 	for _, im := range []struct {
-		file string
-		img  ociimage.Image
+		file   string
+		img    ociimage.Image
+		finish func(string) error
 	}{
-		{"pause.tar", pauseImage(pause)},
-		{"buildkit.tar", bk},
+		{"pause.tar", pauseImage(pause), nil},
+		{"buildkit.tar", bk, nil},
+		{"buildkit-rootless.tar", rootless, addUidmapCapabilities},
 	} {
-		if err := writeImage(filepath.Join(cfg.outDir, im.file), im.img, srcHash); err != nil {
+		if err := writeImageThen(filepath.Join(cfg.outDir, im.file), im.img, srcHash, im.finish); err != nil {
 			return err
 		}
 	}
@@ -339,6 +347,12 @@ func appletPaths(busybox string) ([]string, error) {
 // writeImage writes img to file unless the stamp beside it says that the same inputs already
 // produced it.
 func writeImage(file string, img ociimage.Image, srcHash string) error {
+	return writeImageThen(file, img, srcHash, nil)
+}
+
+// writeImageThen is writeImage with finish run on the written archive before the stamp is
+// written (nil for nothing); its code is part of the sources the stamp hashes.
+func writeImageThen(file string, img ociimage.Image, srcHash string, finish func(file string) error) error {
 	stamp, err := imageStamp(img, srcHash)
 	if err != nil {
 		return err
@@ -355,9 +369,13 @@ func writeImage(file string, img ociimage.Image, srcHash string) error {
 	if err := os.Remove(stampFile); err != nil && !os.IsNotExist(err) {
 		return fmt.Errorf("removing %s: %w", stampFile, err)
 	}
-	res, err := ociimage.WriteFile(file, img)
-	if err != nil {
+	if _, err := ociimage.WriteFile(file, img); err != nil {
 		return fmt.Errorf("writing image %s: %w", img.Name, err)
+	}
+	if finish != nil {
+		if err := finish(file); err != nil {
+			return fmt.Errorf("writing image %s: %w", img.Name, err)
+		}
 	}
 	if err := os.WriteFile(stampFile, []byte(stamp), 0o644); err != nil {
 		return fmt.Errorf("writing %s: %w", stampFile, err)
@@ -366,8 +384,8 @@ func writeImage(file string, img ociimage.Image, srcHash string) error {
 	if err != nil {
 		return fmt.Errorf("inspecting %s: %w", file, err)
 	}
-	fmt.Printf("mkimages: %s: wrote %s (%.1f MiB, image ID %s) in %.1fs\n",
-		img.Name, file, float64(st.Size())/(1<<20), res.Config.Digest, time.Since(start).Seconds())
+	fmt.Printf("mkimages: %s: wrote %s (%.1f MiB) in %.1fs\n",
+		img.Name, file, float64(st.Size())/(1<<20), time.Since(start).Seconds())
 	return nil
 }
 

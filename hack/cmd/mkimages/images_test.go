@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -193,6 +194,89 @@ func TestWriteImageReusesUnchangedInputs(t *testing.T) {
 		if err := os.WriteFile(out, marker, 0o644); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+func TestRootlessBuildKitImageLayout(t *testing.T) {
+	bb := needBusybox(t)
+	if _, err := os.Stat("/usr/bin/newuidmap"); err != nil {
+		t.Skip("no /usr/bin/newuidmap (hack/install-deps.sh installs Debian's uidmap)")
+	}
+	bin := fakeBin(t)
+	if err := os.WriteFile(filepath.Join(bin, "rootlesskit"), []byte("fake rootlesskit"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rootful, err := buildKitImage(bin, bb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := rootlessBuildKitImage(rootful, bin, "/usr/bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "buildkit-rootless.tar")
+	if err := writeImageThen(out, img, "test", addUidmapCapabilities); err != nil {
+		t.Fatal(err)
+	}
+	entries, config := layerEntries(t, out)
+
+	if img.Name != "docker.io/moby/buildkit:v0.34.2-rootless" {
+		t.Errorf("name %s, want the rootful name with -rootless", img.Name)
+	}
+	for p, want := range map[string][]byte{
+		// setcap cap_setuid=ep, cap_setgid=ep: revision 2 with the effective flag, one capability.
+		"/usr/bin/newuidmap": {0x01, 0, 0, 0x02, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+		"/usr/bin/newgidmap": {0x01, 0, 0, 0x02, 0x40, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0},
+	} {
+		hdr, ok := entries[p]
+		if !ok {
+			t.Fatalf("%s missing", p)
+		}
+		// rootlesskit runs it as user 1000 to write the subordinate ids: file capabilities,
+		// not setuid root (see uidmapFiles).
+		if hdr.Mode != 0o755 {
+			t.Errorf("%s: mode %o, want 755", p, hdr.Mode)
+		}
+		if got := hdr.PAXRecords["SCHILY.xattr.security.capability"]; got != string(want) {
+			t.Errorf("%s: security.capability %x, want %x", p, got, want)
+		}
+	}
+	// The rewritten archive is consistent: the config's diff ID is the layer's.
+	if len(config.RootFS.DiffIDs) != 1 {
+		t.Errorf("diff IDs %v", config.RootFS.DiffIDs)
+	}
+	// Debian's newuidmap is dynamically linked: the loader and libc must come along.
+	var loader, libc bool
+	for p, hdr := range entries {
+		loader = loader || strings.Contains(p, "/ld-linux") && hdr.Typeflag == tar.TypeReg
+		libc = libc || strings.HasSuffix(p, "/libc.so.6") && hdr.Typeflag == tar.TypeReg
+	}
+	if !loader || !libc {
+		t.Errorf("loader present %v, libc.so.6 present %v; want both for Debian's newuidmap", loader, libc)
+	}
+	for p, want := range map[string]string{
+		"/etc/subuid": "user:100000:65536\n",
+		"/etc/subgid": "user:100000:65536\n",
+	} {
+		if _, ok := entries[p]; !ok {
+			t.Errorf("%s missing (want %q)", p, want)
+		}
+	}
+	for _, p := range []string{"/usr/bin/rootlesskit", "/usr/bin/buildkitd", "/usr/bin/runc", "/bin/sh"} {
+		if _, ok := entries[p]; !ok {
+			t.Errorf("%s missing", p)
+		}
+	}
+	for _, p := range []string{"/home/user/.local/share/buildkit", "/home/user/.local/tmp", "/run/user/1000"} {
+		if hdr, ok := entries[p]; !ok || hdr.Mode != 0o1777 {
+			t.Errorf("%s: present %v, want a directory user 1000 can write (1777)", p, ok)
+		}
+	}
+	if got := config.Config.Entrypoint; !slices.Equal(got, []string{"rootlesskit", "buildkitd"}) {
+		t.Errorf("entrypoint %q, want rootlesskit buildkitd", got)
+	}
+	if config.Config.User != "1000:1000" {
+		t.Errorf("user %q, want 1000:1000 (numeric, for runAsNonRoot)", config.Config.User)
 	}
 }
 

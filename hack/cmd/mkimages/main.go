@@ -1,12 +1,13 @@
 // Command mkimages writes the OCI image archives the local test cluster imports into its
-// containerd: pause.tar (the pod sandbox image) and buildkit.tar (BuildKit, standing in for
-// docker.io/moby/buildkit, which cannot be pulled on a machine without internet).
+// containerd: pause.tar (the pod sandbox image), buildkit.tar (BuildKit, standing in for
+// docker.io/moby/buildkit, which cannot be pulled on a machine without internet) and
+// buildkit-rootless.tar (its -rootless variant: rootlesskit and Debian's newuidmap/newgidmap).
 //
 // Usage:
 //
 //	go run ./hack/cmd/mkimages -bin "$CACHE_DIR/bin" -out "$CACHE_DIR/images"
 //
-// -bin holds buildkitd, buildctl and runc-static as hack/build-tools.sh leaves them. The pause
+// -bin holds buildkitd, buildctl, runc-static and rootlesskit as hack/build-tools.sh leaves them. The pause
 // program is built from hack/images/pause. Each archive has a stamp beside it (the hash of
 // every input); when it matches, the archive is reused, so a second run writes nothing.
 //
@@ -29,6 +30,7 @@ func main() {
 	flag.StringVar(&cfg.binDir, "bin", "", "directory with buildkitd, buildctl and runc-static (required)")
 	flag.StringVar(&cfg.outDir, "out", "", "directory to write pause.tar and buildkit.tar to (required)")
 	flag.StringVar(&cfg.busybox, "busybox", "/bin/busybox", "static busybox for the BuildKit image's shell (Debian's busybox-static)")
+	flag.StringVar(&cfg.uidmapDir, "uidmap", "/usr/bin", "directory with Debian's newuidmap and newgidmap (package uidmap) for the rootless BuildKit image")
 	flag.StringVar(&cfg.goCmd, "go", "go", "Go command used to build the pause program and download Go toolchains")
 	flag.BoolVar(&cfg.baseImages, "base", true, "also write the Debian and Go base images (linux/amd64, linux/arm64) to the OCI layout <out>/base")
 	flag.Parse()

@@ -99,16 +99,34 @@ func (c *Cluster) AdminConfig() *rest.Config {
 }
 
 // ServiceAccountConfig returns a rest.Config that authenticates as the given ServiceAccount with
-// a fresh bound token, so tests exercise exactly the rights a Role grants.
+// a fresh token bound to no pod (as a kubeconfig outside the cluster holds it), so tests exercise
+// exactly the rights a Role grants.
 func (c *Cluster) ServiceAccountConfig(ctx context.Context, namespace, name string) (*rest.Config, error) {
+	return c.serviceAccountConfig(ctx, namespace, name, nil)
+}
+
+// PodServiceAccountConfig returns a rest.Config that authenticates as pod's ServiceAccount with a
+// fresh token bound to pod, as the kubelet mounts into it: the API server names the pod in the
+// requests' userInfo.extra (which the admission policy uses), and the token dies with the pod.
+func (c *Cluster) PodServiceAccountConfig(ctx context.Context, pod *corev1.Pod) (*rest.Config, error) {
+	sa := pod.Spec.ServiceAccountName
+	if sa == "" {
+		sa = "default"
+	}
+	return c.serviceAccountConfig(ctx, pod.Namespace, sa, pod)
+}
+
+func (c *Cluster) serviceAccountConfig(ctx context.Context, namespace, name string, bound *corev1.Pod) (*rest.Config, error) {
 	admin, err := kubernetes.NewForConfig(c.AdminConfig())
 	if err != nil {
 		return nil, fmt.Errorf("admin client: %w", err)
 	}
 	expiry := int64(3600)
-	tr, err := admin.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, name, &authenticationv1.TokenRequest{
-		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry},
-	}, metav1.CreateOptions{})
+	spec := authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}
+	if bound != nil {
+		spec.BoundObjectRef = &authenticationv1.BoundObjectReference{APIVersion: "v1", Kind: "Pod", Name: bound.Name, UID: bound.UID}
+	}
+	tr, err := admin.CoreV1().ServiceAccounts(namespace).CreateToken(ctx, name, &authenticationv1.TokenRequest{Spec: spec}, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("requesting a token for serviceaccount %s/%s: %w", namespace, name, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/yaml"
@@ -94,6 +95,23 @@ func (c *Cluster) WriteServiceAccountKubeconfig(ctx context.Context, t testing.T
 	if err != nil {
 		t.Fatal(err)
 	}
+	writeKubeconfig(t, cfg, ns, sa, path)
+}
+
+// WritePodServiceAccountKubeconfig writes to path a kubeconfig that authenticates as pod's
+// ServiceAccount with a token bound to pod (see PodServiceAccountConfig): what a job inside that
+// pod holds.
+func (c *Cluster) WritePodServiceAccountKubeconfig(ctx context.Context, t testing.TB, pod *corev1.Pod, path string) {
+	t.Helper()
+	cfg, err := c.PodServiceAccountConfig(ctx, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeKubeconfig(t, cfg, pod.Namespace, pod.Spec.ServiceAccountName, path)
+}
+
+func writeKubeconfig(t testing.TB, cfg *rest.Config, ns, sa, path string) {
+	t.Helper()
 	kc := clientcmdapi.NewConfig()
 	kc.Clusters["local"] = &clientcmdapi.Cluster{Server: cfg.Host, CertificateAuthority: cfg.TLSClientConfig.CAFile}
 	kc.AuthInfos[sa] = &clientcmdapi.AuthInfo{Token: cfg.BearerToken}
