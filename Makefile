@@ -20,7 +20,7 @@ GO ?= go
 help:
 	@echo "make demo   - local Kubernetes, builders per arch, a multi-arch docker buildx build, cleanup, timings"
 	@echo "make test   - every test, unit and end-to-end, against a real local cluster"
-	@echo "other targets: deps tools images cluster-up cluster-down unit bench dist"
+	@echo "other targets: deps tools images release-images cluster-up cluster-down unit bench dist"
 
 .PHONY: deps
 deps: ## Debian packages the local cluster needs (containerd, runc, CNI plugins, qemu-user-static, ...)
@@ -31,8 +31,8 @@ tools: deps ## Kubernetes, etcd, BuildKit, rootlesskit, buildx, act, static runc
 	hack/build-tools.sh
 
 .PHONY: images
-images: tools ## OCI archives of the BuildKit and pause images, imported into the cluster's containerd
-	$(GO) run ./hack/cmd/mkimages -bin "$(BIN_DIR)" -out "$(CACHE_DIR)/images"
+images: tools ## BuildKit and pause archives for the cluster's containerd; base images and the product images (CLI, CI job) for its registry
+	$(GO) run ./hack/cmd/mkimages -bin "$(BIN_DIR)" -out "$(CACHE_DIR)/images" -version "$(VERSION)" -commit "$(COMMIT)"
 
 .PHONY: cluster-up
 cluster-up: images ## start the local cluster and print its kubeconfig
@@ -62,17 +62,36 @@ bench: images ## provision/teardown and concurrency benchmarks against the local
 demo: images
 	hack/demo.sh
 
+# The images a release publishes (the CLI image the janitor runs, the CI job image), for
+# linux/amd64 and linux/arm64, named $(REGISTRY)/setup-ephemeral-buildkit[-job]:TAG for each of
+# TAGS, into the OCI layout $(RELEASE_IMAGES). The release workflow (.github/workflows/release.yml)
+# runs it. They build on the Debian base image, which needs root and debootstrap (make deps).
+# PUSH=true pushes them, signing in with REGISTRY_USER and REGISTRY_PASSWORD.
+REGISTRY ?= ghcr.io/org
+TAGS ?= $(VERSION)
+RELEASE_IMAGES ?= $(CACHE_DIR)/images/release
+PUSH ?= false
+
+.PHONY: release-images
+release-images: tools
+	$(GO) run ./hack/cmd/mkimages -bin "$(BIN_DIR)" -out "$(CACHE_DIR)/images" -version "$(VERSION)" -commit "$(COMMIT)" \
+	  -registry "$(REGISTRY)" -tags "$(TAGS)" -product-out "$(RELEASE_IMAGES)" -push="$(PUSH)"
+
 # The action's binaries, one per runner architecture, for dist/index.js to start. Reproducible:
-# no cgo, no build paths, no VCS stamp; only the source and VERSION decide the bytes. They are
+# no cgo, no build paths, no VCS stamp; only the source, VERSION and COMMIT decide the bytes. They are
 # build outputs (.gitignore); release commits carry them (README, "Releasing the action").
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT ?= $(shell git rev-parse HEAD 2>/dev/null)
 DIST_ARCHS ?= amd64 arm64
+# What --version prints (internal/version): the release and its commit.
+VERSION_LDFLAGS = -X github.com/org/setup-ephemeral-buildkit/internal/version.version=$(VERSION) \
+	-X github.com/org/setup-ephemeral-buildkit/internal/version.commit=$(COMMIT)
 
 .PHONY: dist
 dist: ## dist/setup-ephemeral-buildkit-linux-{amd64,arm64}, version-stamped
 	for arch in $(DIST_ARCHS); do \
 	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch $(GO) build -trimpath -buildvcs=false \
-	    -ldflags "-s -w -buildid= -X main.version=$(VERSION)" \
+	    -ldflags "-s -w -buildid= $(VERSION_LDFLAGS)" \
 	    -o dist/setup-ephemeral-buildkit-linux-$$arch ./cmd/setup-ephemeral-buildkit; \
 	done
 	@ls -l dist/setup-ephemeral-buildkit-linux-*

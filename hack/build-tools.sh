@@ -19,7 +19,7 @@ BIN_DIR=$CACHE_DIR/bin
 STAMP_DIR=$CACHE_DIR/stamps
 WORK_DIR=$CACHE_DIR/tmp
 GO=${GO:-go}
-ALL_TOOLS="runc etcd buildkit rootlesskit buildx act kubernetes registry helm actionlint"
+ALL_TOOLS="runc etcd buildkit rootlesskit buildx act kubernetes registry helm actionlint dockercli"
 TOOLS=${TOOLS:-$ALL_TOOLS}
 
 # Versions stamped into the binaries. They must match the versions the scratch modules require;
@@ -121,14 +121,49 @@ build_rootlesskit() {
 		github.com/rootless-containers/rootlesskit/v3/cmd/rootlesskit)
 }
 
-outputs_buildx() { echo docker-buildx; }
+# docker-buildx for this machine, and one per architecture of the CI job image (hack/cmd/mkimages).
+outputs_buildx() { echo docker-buildx docker-buildx-linux-amd64 docker-buildx-linux-arm64; }
 build_buildx() {
-	local out=$1 dir=$TOOLS_DIR/buildx
+	local out=$1 dir=$TOOLS_DIR/buildx arch
 	check_version "$dir" github.com/docker/buildx "$BUILDX_VERSION"
 	local p=github.com/docker/buildx/version
-	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath \
-		-ldflags "-s -w -X $p.Version=$BUILDX_VERSION -X $p.Revision=$BUILDX_VERSION -X $p.Package=github.com/docker/buildx" \
-		-o "$out/docker-buildx" github.com/docker/buildx/cmd/buildx)
+	for arch in amd64 arm64; do
+		(cd "$dir" && CGO_ENABLED=0 GOOS=linux GOARCH=$arch "$GO" build -trimpath \
+			-ldflags "-s -w -X $p.Version=$BUILDX_VERSION -X $p.Revision=$BUILDX_VERSION -X $p.Package=github.com/docker/buildx" \
+			-o "$out/docker-buildx-linux-$arch" github.com/docker/buildx/cmd/buildx)
+	done
+	cp "$out/docker-buildx-linux-$GOHOSTARCH" "$out/docker-buildx"
+}
+
+# The docker CLI of the CI job image, per architecture. docker/cli has no go.mod (see
+# hack/tools/dockercli/tools.go): the scratch module pins and verifies its source, which is built
+# in a copy as its own module (vendor.mod and vendor.sum as go.mod and go.sum), with the version ldflags and tags
+# of its scripts/build/.variables for a static binary.
+outputs_dockercli() { echo docker-linux-amd64 docker-linux-arm64; }
+build_dockercli() {
+	local out=$1 dir=$TOOLS_DIR/dockercli version=v29.10.0 src arch
+	check_version "$dir" github.com/docker/cli "$version+incompatible"
+	src=$(cd "$dir" && "$GO" mod download -json github.com/docker/cli | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+	[[ -n $src && -f $src/vendor.mod ]] || die "go mod download github.com/docker/cli in $dir gave no source with vendor.mod"
+	cp -r "$src" "$out/src"
+	chmod -R u+w "$out/src"
+	# As docker/cli's own scripts/with-go-mod.sh does: its vendor.mod is the go.mod.
+	cp "$out/src/vendor.mod" "$out/src/go.mod"
+	cp "$out/src/vendor.sum" "$out/src/go.sum"
+	# The one change: the Go module proxy refuses github.com/moby/swarmkit/v2 v2.1.3 ("403: This
+	# module version is not available"), so the previous patch release, v2.1.2, stands in (its
+	# sum checked against the checksum database as go adds it). Only `docker swarm`/`service`
+	# commands use it; the job image runs `docker buildx`.
+	(cd "$out/src" && GOWORK=off "$GO" mod edit -replace github.com/moby/swarmkit/v2=github.com/moby/swarmkit/v2@v2.1.2 &&
+		GOWORK=off GOFLAGS=-mod=mod "$GO" mod download github.com/moby/swarmkit/v2@v2.1.2 &&
+		GOWORK=off GOFLAGS=-mod=mod "$GO" list ./cmd/docker >/dev/null)
+	local p=github.com/docker/cli/cli/version
+	for arch in amd64 arm64; do
+		(cd "$out/src" && GOWORK=off CGO_ENABLED=0 GOOS=linux GOARCH=$arch "$GO" build -trimpath \
+			-tags "grpcnotrace osusergo netgo" -ldflags "-s -w -X $p.Version=${version#v} -X $p.GitCommit=$version" \
+			-o "$out/docker-linux-$arch" ./cmd/docker)
+	done
+	rm -rf "$out/src"
 }
 
 outputs_registry() { echo registry; }
@@ -209,6 +244,7 @@ install_buildx() {
 	# $CACHE_DIR/docker. The bin/ link makes it runnable on its own as well.
 	mv -f "$out/docker-buildx" "$CACHE_DIR/docker/cli-plugins/docker-buildx"
 	ln -sfn ../docker/cli-plugins/docker-buildx "$BIN_DIR/docker-buildx"
+	mv -f "$out/docker-buildx-linux-amd64" "$out/docker-buildx-linux-arm64" "$BIN_DIR/"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +269,8 @@ stamp_of() {
 outputs_present() {
 	local tool=$1 f
 	if [[ $tool == buildx ]]; then
-		[[ -x $CACHE_DIR/docker/cli-plugins/docker-buildx && -e $BIN_DIR/docker-buildx ]]
+		[[ -x $CACHE_DIR/docker/cli-plugins/docker-buildx && -e $BIN_DIR/docker-buildx &&
+			-x $BIN_DIR/docker-buildx-linux-amd64 && -x $BIN_DIR/docker-buildx-linux-arm64 ]]
 		return
 	fi
 	for f in $("outputs_$tool"); do

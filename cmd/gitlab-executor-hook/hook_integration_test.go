@@ -35,6 +35,7 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/syncbuf"
+	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
 
 // repoRoot is the repository, seen from this package's directory (where go test runs).
@@ -129,7 +130,7 @@ func (w *hookWorld) build(ctx context.Context, t *testing.T) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	w.hook = filepath.Join(w.root, "bin", "gitlab-executor-hook")
-	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-X main.version=e2e", "-o", w.hook, ".")
+	build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", version.LDFlags("e2e", ""), "-o", w.hook, ".")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("building the hook: %v\n%s", err, out)

@@ -14,12 +14,15 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/app"
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/gitlabexec"
+	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
 
-// version is stamped by `make dist` (-ldflags -X main.version=...).
-var version = "dev"
-
 func main() {
+	// GitLab Runner never passes these; a person checking which release is installed does.
+	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "version") {
+		fmt.Println(version.Get().String("gitlab-executor-hook"))
+		return
+	}
 	err := realMain()
 	var build *gitlabexec.BuildFailureError
 	if err != nil && !errors.As(err, &build) {
@@ -36,8 +39,8 @@ func realMain() error {
 	if err != nil {
 		return &gitlabexec.ConfigurationError{Stage: "reading the hook's settings", Err: err}
 	}
-	settings.DriverVersion = version
-	deps := app.DefaultDeps(version)
+	settings.DriverVersion = version.Get().Version
+	deps := app.DefaultDeps(settings.DriverVersion)
 	hooks := gitlabexec.HookFuncs{
 		UpFunc:   func(ctx context.Context, p ci.System) error { return app.Main(ctx, p, deps) },
 		DownFunc: func(ctx context.Context, p ci.System) error { return app.Post(ctx, p, deps) },

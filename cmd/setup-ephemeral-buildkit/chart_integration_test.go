@@ -237,6 +237,31 @@ func TestIntegrationKustomize(t *testing.T) {
 	defer cancel()
 	in := newInstaller(ctx, t, c, "kustomize")
 	admin, ns := in.admin, in.ns
+	overlay := writeDeployOverlay(t, ns, c.Info.Images["buildkit"], "")
+	in.cleanup(t, "kubectl", "delete", "-k", overlay, "--ignore-not-found")
+	in.run(ctx, t, "kubectl", "apply", "-k", overlay)
+
+	w := newFaultWorldIn(ctx, t, c, ns)
+	// The job's token is bound to its runner pod, as the kubelet mounts it: the admission policy
+	// lets such a token handle only builders its own pod owns.
+	c.WritePodServiceAccountKubeconfig(ctx, t, w.runner, w.kubeconfig)
+	refusal := waitPolicyRefuses(ctx, t, w, "has image registry.example/unvetted/buildkit:v1, allowed: "+c.Info.Images["buildkit"],
+		"--image", "registry.example/unvetted/buildkit:v1")
+	t.Logf("an image the overlay does not allow is refused: %s", refusal)
+	provisionAsRunner(ctx, t, w, "kustomize-installed")
+
+	in.run(ctx, t, "kubectl", "delete", "-k", overlay, "--wait")
+	if left := ours(ctx, t, admin, ns, "test-overlay="+ns); len(left) > 0 {
+		t.Errorf("kubectl delete -k left %v", left)
+	}
+}
+
+// writeDeployOverlay writes a kustomization over deploy/ as a team's own overlay would be: the
+// namespace ns, names suffixed with it and labelled test-overlay=ns (the admission policy is
+// cluster-scoped, and tests run side by side), the policy kept to ns and allowing buildkitImage.
+// extraPatches are more entries of its patches: list. It returns the overlay's directory.
+func writeDeployOverlay(t *testing.T, ns, buildkitImage, extraPatches string) string {
+	t.Helper()
 	overlay := t.TempDir()
 	// kustomize takes a base outside the overlay by a relative path only.
 	deployDir, err := filepath.Abs(filepath.Join(repoRoot, "deploy"))
@@ -260,24 +285,9 @@ patches:
   - target: {kind: ValidatingAdmissionPolicy}
     patch: |
       - {op: replace, path: /spec/variables/0/expression, value: "['%s']"}
-`, deploy, ns, ns, ns, ns, policyScope(ns), c.Info.Images["buildkit"])
+`, deploy, ns, ns, ns, ns, policyScope(ns), buildkitImage) + extraPatches
 	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	in.cleanup(t, "kubectl", "delete", "-k", overlay, "--ignore-not-found")
-	in.run(ctx, t, "kubectl", "apply", "-k", overlay)
-
-	w := newFaultWorldIn(ctx, t, c, ns)
-	// The job's token is bound to its runner pod, as the kubelet mounts it: the admission policy
-	// lets such a token handle only builders its own pod owns.
-	c.WritePodServiceAccountKubeconfig(ctx, t, w.runner, w.kubeconfig)
-	refusal := waitPolicyRefuses(ctx, t, w, "has image registry.example/unvetted/buildkit:v1, allowed: "+c.Info.Images["buildkit"],
-		"--image", "registry.example/unvetted/buildkit:v1")
-	t.Logf("an image the overlay does not allow is refused: %s", refusal)
-	provisionAsRunner(ctx, t, w, "kustomize-installed")
-
-	in.run(ctx, t, "kubectl", "delete", "-k", overlay, "--wait")
-	if left := ours(ctx, t, admin, ns, "test-overlay="+ns); len(left) > 0 {
-		t.Errorf("kubectl delete -k left %v", left)
-	}
+	return overlay
 }

@@ -28,7 +28,9 @@ import (
 // the way GitLab Runner's Kubernetes executor runs a job that extends it: package gitlabci
 // interpolates the shipped file with the job's inputs and renders its before_script, the job's
 // script and its after_script into the scripts the runner would run, and the job's own pod runs
-// them with BusyBox sh, the only shell of the BuildKit image it runs. The component's `up` finds
+// them in the CI job image the component pins (ghcr.io/org/setup-ephemeral-buildkit-job, which
+// `make images` writes and the local cluster's registry serves under that name), with its
+// setup-ephemeral-buildkit, docker CLI and buildx plugin. The component's `up` finds
 // its owner from POD_NAME, its namespace from POD_NAMESPACE and its credentials in-cluster, and
 // starts a builder per platform owned by the job pod; the job's script uses the first one with
 // buildctl and the job's client certificate, checks that `env` prints up's exports again, and
@@ -37,12 +39,12 @@ import (
 // component's after_script (`down`) must leave nothing behind. A second job leaves without
 // after_script: deleting its pod must take the builders with it.
 //
-// The binary (static), the docker CLI and the buildx plugin reach the pod through a hostPath
-// volume: the test runs as root on the cluster's only node. The cluster has no kube-proxy, so the
-// pod is pointed at the API server's pod-bridge address with KUBERNETES_SERVICE_HOST/PORT.
+// The scripts, the workspace and buildctl (the test's own probe of the builders, not part of the
+// job image) reach the pod through a hostPath volume: the test runs as root on the cluster's only
+// node. The cluster has no kube-proxy, so the pod is pointed at the API server's pod-bridge
+// address with KUBERNETES_SERVICE_HOST/PORT.
 func TestIntegrationCLIInsideJobPod(t *testing.T) {
 	c := localcluster.ForTest(t)
-	buildShared(t)
 	work := prepareJobPodWork(t)
 	component, err := gitlabci.Load(filepath.Join(repoRoot, "templates", "buildkit.yml"))
 	if err != nil {
@@ -68,11 +70,14 @@ func TestIntegrationCLIInsideJobPod(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		if want := "ghcr.io/org/setup-ephemeral-buildkit-job:" + chartAppVersion(t); job.Image != want {
+			t.Fatalf("the component's job image is %q, want %s (the chart's appVersion, as hack/release/stamp.sh pins both)", job.Image, want)
+		}
 		// The job's own after_script, after the component's:
 		//   after_script: [!reference [.ephemeral-buildkit, after_script], ...]
 		job.AfterScript = append(job.AfterScript, componentJobAfterScript...)
 		jobDir := writeJobScripts(t, work, w.ns, job, componentJobScript, true)
-		pod := w.createJobPod(ctx, t, work, jobDir)
+		pod := w.createJobPod(ctx, t, job.Image, work, jobDir)
 
 		// While the job runs: both builder pods and their Secret are owned by the job pod.
 		pods := w.waitBuilderPods(ctx, t, 2, func(*corev1.Pod) bool { return true })
@@ -210,7 +215,7 @@ func TestIntegrationCLIInsideJobPod(t *testing.T) {
 			t.Fatal(err)
 		}
 		jobDir := writeJobScripts(t, work, w.ns, job, []string{`echo "MARK up-ok builder=$BUILDX_BUILDER"`, `echo "MARK exit-without-down"`}, false)
-		pod := w.createJobPod(ctx, t, work, jobDir)
+		pod := w.createJobPod(ctx, t, job.Image, work, jobDir)
 
 		pods := w.waitBuilderPods(ctx, t, 1, func(*corev1.Pod) bool { return true })
 		checkOwnedBy(t, "pod", pods[0].ObjectMeta, pod)
@@ -241,6 +246,8 @@ func TestIntegrationCLIInsideJobPod(t *testing.T) {
 // builder's build records.
 var componentJobScript = []string{
 	`echo "MARK up-ok builder=$BUILDX_BUILDER host=$BUILDKIT_HOST"`,
+	// What the job image carries, for the test's log.
+	`setup-ephemeral-buildkit --version; docker --version; docker buildx version`,
 	`i=0
 while [ ! -e "$JOB_DIR/released" ]; do
   i=$((i+1))
@@ -342,11 +349,12 @@ echo "MARK main-ended $status"
 	return dir
 }
 
-// prepareJobPodWork lays out the directory the job pods mount at /work: the binary, the docker
-// CLI and buildx plugin (all static), and the workspace the jobs build: the e2e workspace's
-// Dockerfile and the arch probe for both platforms.
+// prepareJobPodWork lays out the directory the job pods mount at /work: buildctl (static), with
+// which the job's script probes the builders, and the workspace the jobs build: the e2e
+// workspace's Dockerfile and the arch probe for both platforms.
 func prepareJobPodWork(t *testing.T) string {
 	t.Helper()
+	buildShared(t)
 	work := t.TempDir()
 	if err := os.Chmod(work, 0o755); err != nil {
 		t.Fatal(err)
@@ -375,19 +383,11 @@ func prepareJobPodWork(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
-	docker := os.Getenv("E2E_DOCKER_CLI")
-	if docker == "" {
-		docker = "/usr/local/bin/docker"
+	buildctl := filepath.Join(toolsDir(), "bin", "buildctl")
+	if _, err := os.Stat(buildctl); err != nil {
+		t.Fatalf("%s missing (`make tools`): %v", buildctl, err)
 	}
-	plugin := filepath.Join(toolsDir(), "docker", "cli-plugins", "docker-buildx")
-	for _, f := range []string{docker, plugin} {
-		if _, err := os.Stat(f); err != nil {
-			t.Fatalf("%s missing (the docker CLI, `make tools`): %v", f, err)
-		}
-	}
-	place(sharedBinary, filepath.Join(work, "bin", "setup-ephemeral-buildkit"))
-	place(docker, filepath.Join(work, "bin", "docker"))
-	place(plugin, filepath.Join(work, "docker", "cli-plugins", "docker-buildx"))
+	place(buildctl, filepath.Join(work, "bin", "buildctl"))
 	for arch, probe := range sharedProbes {
 		place(probe, filepath.Join(work, "workspace", "archprobe-"+arch))
 	}
@@ -411,9 +411,10 @@ func newPodJobWorld(ctx context.Context, t *testing.T, c *localcluster.Cluster) 
 	return w
 }
 
-// createJobPod starts a pod like the ones GitLab Runner's Kubernetes executor creates, with the
-// pod's own service account, running the runner.sh writeJobScripts left in jobDir (under work).
-func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, work, jobDir string) *corev1.Pod {
+// createJobPod starts a pod like the ones GitLab Runner's Kubernetes executor creates, in the
+// job's image, with the pod's own service account, running the runner.sh writeJobScripts left in
+// jobDir (under work).
+func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, image, work, jobDir string) *corev1.Pod {
 	t.Helper()
 	server, err := url.Parse(w.cluster.Info.Server)
 	if err != nil || server.Port() == "" {
@@ -432,11 +433,8 @@ func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, work, jobDir 
 		// No kube-proxy: the service IP would not answer; the API server listens on the bridge.
 		{Name: "KUBERNETES_SERVICE_HOST", Value: server.Hostname()},
 		{Name: "KUBERNETES_SERVICE_PORT", Value: server.Port()},
-		// The job's image: setup-ephemeral-buildkit and the docker CLI on PATH, the buildx
-		// plugin in DOCKER_CONFIG.
-		{Name: "PATH", Value: "/work/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-		{Name: "HOME", Value: "/tmp"},
-		{Name: "DOCKER_CONFIG", Value: "/work/docker"},
+		// The image's PATH, and the test's buildctl after it.
+		{Name: "PATH", Value: "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/work/bin"},
 		// Where this job's scripts are and its results go.
 		{Name: "JOB_DIR", Value: filepath.Join("/work", rel)},
 	}
@@ -445,7 +443,9 @@ func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, work, jobDir 
 	}
 	pod, err := w.admin.CoreV1().Pods(w.ns).Create(ctx, &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{
-			Name:        "runner-abc123-project-1-concurrent-0-xyz",
+			// Unique as GitLab Runner's are (runner-<token>-project-<id>-concurrent-<n>-<random>):
+			// the random part is the namespace's.
+			Name:        "runner-abc123-project-1-concurrent-0-" + w.ns[strings.LastIndex(w.ns, "-")+1:],
 			Labels:      map[string]string{"app": "gitlab-job"},
 			Annotations: gitlabJobPodAnnotations,
 		},
@@ -456,12 +456,11 @@ func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, work, jobDir 
 			TerminationGracePeriodSeconds: ptr.To[int64](1),
 			Containers: []corev1.Container{{
 				Name:            "build",
-				Image:           w.cluster.Info.Images["buildkit"],
-				ImagePullPolicy: corev1.PullNever,
-				// BusyBox sh: the image has no other shell.
-				Command:      []string{"/bin/sh", filepath.Join("/work", rel, "runner.sh")},
-				Env:          env,
-				VolumeMounts: []corev1.VolumeMount{{Name: "work", MountPath: "/work"}},
+				Image:           image,
+				ImagePullPolicy: corev1.PullIfNotPresent,
+				Command:         []string{"/bin/sh", filepath.Join("/work", rel, "runner.sh")},
+				Env:             env,
+				VolumeMounts:    []corev1.VolumeMount{{Name: "work", MountPath: "/work"}},
 			}},
 			Volumes: []corev1.Volume{{
 				Name: "work",
@@ -476,7 +475,10 @@ func (w *jobWorld) createJobPod(ctx context.Context, t *testing.T, work, jobDir 
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("job pod log:\n%s", w.podLog(context.Background(), t, pod.Name))
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			data, err := w.admin.CoreV1().Pods(w.ns).GetLogs(pod.Name, &corev1.PodLogOptions{Timestamps: true}).DoRaw(ctx)
+			t.Logf("job pod log (%v):\n%s", err, data)
 		}
 	})
 	return pod

@@ -29,6 +29,7 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/syncbuf"
+	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
 
 // repoRoot is the repository, seen from this package's directory (where go test runs).
@@ -74,7 +75,7 @@ func buildShared(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		sharedBinary = filepath.Join(sharedDir, "setup-ephemeral-buildkit-linux-"+runtime.GOARCH)
-		build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-X main.version=e2e", "-o", sharedBinary, ".")
+		build := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", version.LDFlags("e2e", ""), "-o", sharedBinary, ".")
 		build.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := build.CombinedOutput(); err != nil {
 			sharedErr = fmt.Errorf("building the binary: %v\n%s", err, out)

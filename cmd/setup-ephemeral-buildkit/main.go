@@ -12,10 +12,8 @@ import (
 	"syscall"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/app"
+	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
-
-// version is stamped by `make dist` (-ldflags -X main.version=...).
-var version = "dev"
 
 func main() {
 	if err := realMain(); err != nil {
@@ -32,5 +30,5 @@ func main() {
 func realMain() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
 	defer stop()
-	return app.Run(ctx, os.Args[1:], app.DefaultDeps(version))
+	return app.Run(ctx, os.Args[1:], app.DefaultDeps(version.Get().Version))
 }

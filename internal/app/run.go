@@ -17,6 +17,7 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/clustertemplate"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
+	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
 
 // Exit codes of the program.
@@ -87,7 +88,9 @@ func Run(ctx context.Context, args []string, deps Deps) error {
 	case "policy":
 		return runPolicy(rest, d)
 	case "version", "--version":
-		_, err := fmt.Fprintf(d.Stdout, "setup-ephemeral-buildkit %s\n", d.Version)
+		info := version.Get()
+		info.Version = d.Version
+		_, err := fmt.Fprintln(d.Stdout, info.String("setup-ephemeral-buildkit"))
 		return err
 	case "help", "-h", "-help", "--help":
 		usage(d.Stdout)
@@ -111,7 +114,7 @@ Commands:
   env      print the environment exports of the builders that are up (BUILDX_*, BUILDKIT_*; not up's EPHEMERAL_BUILDKIT_* outputs)
   gc       remove builders of finished jobs in a namespace (expired, or runner pod gone)
   policy   print the admission policy, with a cluster template's limits: policy --template FILE | kubectl apply -f -
-  version  print the version
+  version  print the version, the commit and the BuildKit version it was tested with (also --version)
 
 Run "setup-ephemeral-buildkit COMMAND -h" for the flags of a command. Started by the GitHub
 Actions runner without a command, it is the action's main or post step.

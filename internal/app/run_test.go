@@ -22,6 +22,7 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
+	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
 
 func TestRunUsage(t *testing.T) {
@@ -36,7 +37,8 @@ func TestRunUsage(t *testing.T) {
 		{[]string{"up", "-h"}, ExitOK, "-run-attempt"},
 		{[]string{"env", "stray"}, ExitUsage, "setup-ephemeral-buildkit: unexpected arguments: stray (env takes flags only)"},
 		{[]string{"help"}, ExitOK, "Commands:"},
-		{[]string{"version"}, ExitOK, "setup-ephemeral-buildkit v1.2.3"},
+		{[]string{"version"}, ExitOK, "setup-ephemeral-buildkit v1.2.3 (commit "},
+		{[]string{"--version"}, ExitOK, ", tested with BuildKit " + version.BuildKit + ", go1."},
 		{[]string{"up", "-h"}, ExitOK, "-node-selector"},
 		{[]string{"up", "extra"}, ExitUsage, "unexpected arguments"},
 		{[]string{"gc", "--dry-run=maybe"}, ExitUsage, "invalid boolean"},

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/localcluster"
 	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage"
 )
 
@@ -63,6 +65,9 @@ type config struct {
 	uidmapDir string
 	// baseImages also writes the Debian and Go base images (buildBaseImages).
 	baseImages bool
+	// productImages also writes the product's images (buildProductImages), described by product.
+	productImages bool
+	product       productConfig
 }
 
 func run(cfg config) error {
@@ -117,7 +122,29 @@ func run(cfg config) error {
 		if err != nil {
 			return err
 		}
-		return buildBaseImages(cfg, root, baseHash)
+		if err := buildBaseImages(cfg, root, baseHash); err != nil {
+			return err
+		}
+	}
+	if !cfg.productImages {
+		return nil
+	}
+	p := cfg.product
+	if len(p.tags) == 0 {
+		tag, err := defaultTag(root)
+		if err != nil {
+			return err
+		}
+		p.tags = []string{tag}
+	}
+	if p.outDir == "" {
+		p.outDir = filepath.Join(cfg.outDir, localcluster.ProductImagesDir)
+	}
+	if err := buildProductImages(cfg, root, srcHash, p); err != nil {
+		return err
+	}
+	if p.push {
+		return pushProductImages(context.Background(), p.outDir, p.registry, os.Getenv)
 	}
 	return nil
 }

@@ -58,7 +58,8 @@ type Info struct {
 	Registry       string `json:"registry"`
 	RegistryCAFile string `json:"registryCAFile"`
 	// BaseImages are the images pushed to the registry at start-up (Docker Hub names such as
-	// docker.io/library/golang:1.26, stored under library/golang:1.26).
+	// docker.io/library/golang:1.26, stored under library/golang:1.26), then the product's
+	// (ghcr.io/org/setup-ephemeral-buildkit:v1, stored under org/setup-ephemeral-buildkit:v1).
 	BaseImages []string `json:"baseImages"`
 	// BuildkitdConfigFile is a buildkitd.toml (BuildkitdConfig) for the product's
 	// buildkitd-config input: builders trust the registry and use it as their Docker Hub mirror.

@@ -29,6 +29,9 @@ const (
 	// BaseImagesDir is the OCI layout, under the images directory, of the base images
 	// (hack/cmd/mkimages writes it); the cluster pushes every image named in it to the registry.
 	BaseImagesDir = "base"
+	// ProductImagesDir is the OCI layout, under the images directory, of the product's images,
+	// the CLI image and the CI job image (hack/cmd/mkimages); the cluster pushes them too.
+	ProductImagesDir = "product"
 	// registryCAValidity matches the cluster's other CAs: a CA is made at every start.
 	registryCAValidity = 10 * 24 * time.Hour
 )
@@ -113,6 +116,13 @@ func (r *registry) Start(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
+	// The product's images, under the names a release gives them (ghcr.io/org/...): the node
+	// resolves every name through this registry, so the shipped manifests run them as they are.
+	product, err := pushBaseImages(ctx, client, filepath.Join(s.cfg.ImagesDir, ProductImagesDir))
+	if err != nil {
+		return err
+	}
+	names = append(names, product...)
 	conf := s.dir("buildkitd.toml")
 	if err := writeFile(conf, BuildkitdConfig(r.files.ca())); err != nil {
 		return err
@@ -148,7 +158,8 @@ func (r *registry) writeFiles(ca *certAuthority) error {
 }
 
 // pushBaseImages pushes every image of the OCI layout layoutDir (hack/cmd/mkimages writes the
-// base images there) to the registry and returns their names. A missing layout pushes nothing.
+// base and the product images there) to the registry and returns their names. A missing layout
+// pushes nothing.
 func pushBaseImages(ctx context.Context, client *http.Client, layoutDir string) ([]string, error) {
 	if _, err := os.Stat(filepath.Join(layoutDir, "index.json")); errors.Is(err, os.ErrNotExist) {
 		return nil, nil
@@ -160,7 +171,7 @@ func pushBaseImages(ctx context.Context, client *http.Client, layoutDir string) 
 	c := &ociregistry.Client{Base: "https://" + RegistryHost, HTTP: client}
 	names, err := c.PushLayout(ctx, layout)
 	if err != nil {
-		return nil, fmt.Errorf("pushing the base images of %s to the registry: %w", layoutDir, err)
+		return nil, fmt.Errorf("pushing the images of %s to the registry: %w", layoutDir, err)
 	}
 	return names, nil
 }
