@@ -10,6 +10,7 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/clustertemplate"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
+	"github.com/org/setup-ephemeral-buildkit/internal/regcache"
 )
 
 // Names of the inputs that steer the flow, as action.yml declares them and the CLI's flags
@@ -44,6 +45,9 @@ type settings struct {
 	// template is the cluster template's ConfigMap name; explicitTemplate says the job named it.
 	template         string
 	explicitTemplate bool
+	// cacheRef is the registry cache's repository (regcache.InputCacheRef), empty for none.
+	cacheRef   string
+	cacheWrite regcache.Write
 }
 
 // readInputs reads every input: the provisioner's as text (ParseOptions checks them), the flow's
@@ -107,6 +111,13 @@ func readInputs(p ci.System, readFile func(string) ([]byte, error)) (k8sprov.Inp
 		}
 	}
 	s.debug = s.debug || p.Debug()
+	var err error
+	if s.cacheRef, err = regcache.ParseRef(p.Input(regcache.InputCacheRef)); err != nil {
+		errs = append(errs, err)
+	}
+	if s.cacheWrite, err = regcache.ParseWrite(p.Input(regcache.InputCacheWrite)); err != nil {
+		errs = append(errs, err)
+	}
 	return in, s, errors.Join(errs...)
 }
 

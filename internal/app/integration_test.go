@@ -25,54 +25,12 @@ import (
 // up registers a builder whose nodes answer and whose exported TLS files work with buildctl, env
 // repeats the exports, down removes everything, and gc removes an expired job's builders.
 func TestIntegrationCLI(t *testing.T) {
-	c := localcluster.ForTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	tools := os.Getenv("CACHE_DIR")
-	if tools == "" {
-		home, _ := os.UserHomeDir()
-		tools = filepath.Join(home, ".cache", "setup-ephemeral-buildkit")
-	}
-	admin := kubernetes.NewForConfigOrDie(c.AdminConfig())
-	nsObj, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "cli-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := nsObj.Name
-	t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
-	for {
-		if _, err := admin.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatal("no default serviceaccount")
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	if _, err := admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "runner"},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "runner", Image: c.Info.Images["pause"], ImagePullPolicy: corev1.PullNever}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-
-	dockerConfig := filepath.Join(t.TempDir(), "docker")
-	if err := os.MkdirAll(dockerConfig, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink(filepath.Join(tools, "docker", "cli-plugins"), filepath.Join(dockerConfig, "cli-plugins")); err != nil {
-		t.Fatal(err)
-	}
-	processEnv := append(os.Environ(), "DOCKER_CONFIG="+dockerConfig, "PATH="+filepath.Join(tools, "bin")+":"+os.Getenv("PATH"))
-	var stdout, stderr bytes.Buffer
-	deps := DefaultDeps("test")
-	deps.Getenv = func(string) string { return "" }
-	deps.Stdout, deps.Stderr = &stdout, &stderr
-	deps.Runner = buildx.ExecRunner{Env: processEnv}
-	selectors := "linux/amd64=" + c.Info.ArchNodeLabels["amd64"] + ";linux/arm64=kubernetes.io/arch-," + c.Info.ArchNodeLabels["arm64"]
-	stateDir := filepath.Join(t.TempDir(), "state")
-	common := []string{"--kubeconfig", c.Info.Kubeconfig, "--namespace", ns, "--state-dir", stateDir}
+	w := newCLIWorld(ctx, t, "cli-")
+	c, admin, ns, tools, processEnv, deps := w.c, w.admin, w.ns, w.tools, w.processEnv, w.deps
+	stdout, stderr := w.stdout, w.stderr
+	selectors, stateDir, common := w.selectors, w.stateDir, w.common
 
 	// A builder made earlier in the job, in the runner's own buildx configuration, as
 	// docker/setup-buildx-action makes it (never started: only its record matters here).
@@ -206,8 +164,74 @@ func TestIntegrationCLI(t *testing.T) {
 	}
 }
 
+// cliWorld is a namespace with a runner pod, a docker configuration with the real buildx
+// plugin, and the CLI's dependencies writing to buffers.
+type cliWorld struct {
+	c              *localcluster.Cluster
+	admin          kubernetes.Interface
+	ns, tools      string
+	processEnv     []string
+	deps           Deps
+	stdout, stderr *bytes.Buffer
+	selectors      string
+	stateDir       string
+	// common are the flags every verb of this world takes.
+	common []string
+}
+
+func newCLIWorld(ctx context.Context, t *testing.T, prefix string) *cliWorld {
+	t.Helper()
+	c := localcluster.ForTest(t)
+	tools := os.Getenv("CACHE_DIR")
+	if tools == "" {
+		home, _ := os.UserHomeDir()
+		tools = filepath.Join(home, ".cache", "setup-ephemeral-buildkit")
+	}
+	admin := kubernetes.NewForConfigOrDie(c.AdminConfig())
+	nsObj, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: prefix}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := nsObj.Name
+	t.Cleanup(func() { _ = admin.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{}) })
+	for {
+		if _, err := admin.CoreV1().ServiceAccounts(ns).Get(ctx, "default", metav1.GetOptions{}); err == nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("no default serviceaccount")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if _, err := admin.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "runner"},
+		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "runner", Image: c.Info.Images["pause"], ImagePullPolicy: corev1.PullNever}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	dockerConfig := filepath.Join(t.TempDir(), "docker")
+	if err := os.MkdirAll(dockerConfig, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(tools, "docker", "cli-plugins"), filepath.Join(dockerConfig, "cli-plugins")); err != nil {
+		t.Fatal(err)
+	}
+	w := &cliWorld{c: c, admin: admin, ns: ns, tools: tools, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}}
+	w.processEnv = append(os.Environ(), "DOCKER_CONFIG="+dockerConfig, "PATH="+filepath.Join(tools, "bin")+":"+os.Getenv("PATH"))
+	w.deps = DefaultDeps("test")
+	w.deps.Getenv = func(string) string { return "" }
+	w.deps.Stdout, w.deps.Stderr = w.stdout, w.stderr
+	w.deps.Runner = buildx.ExecRunner{Env: w.processEnv}
+	w.selectors = "linux/amd64=" + c.Info.ArchNodeLabels["amd64"] + ";linux/arm64=kubernetes.io/arch-," + c.Info.ArchNodeLabels["arm64"]
+	w.stateDir = filepath.Join(t.TempDir(), "state")
+	w.common = []string{"--kubeconfig", c.Info.Kubeconfig, "--namespace", ns, "--state-dir", w.stateDir}
+	return w
+}
+
 // parseExports reads `export NAME='value'` lines (values without single quotes inside).
-func parseExports(t *testing.T, text string) map[string]string {
+func parseExports(t testing.TB, text string) map[string]string {
 	t.Helper()
 	exports := map[string]string{}
 	var name, value string

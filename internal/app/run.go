@@ -17,6 +17,7 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/clustertemplate"
 	"github.com/org/setup-ephemeral-buildkit/internal/jobstatus"
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
+	"github.com/org/setup-ephemeral-buildkit/internal/regcache"
 	"github.com/org/setup-ephemeral-buildkit/internal/version"
 )
 
@@ -160,6 +161,8 @@ var upFlags = []inputFlag{
 	{name: InputBuildkitdConfigInline, usage: "content of a buildkitd.toml"},
 	{name: k8sprov.InputLabels, usage: "extra labels on the pods and Secret, KEY=VALUE,..."},
 	{name: k8sprov.InputAnnotations, usage: "extra annotations on the pods and Secret, KEY=VALUE,..."},
+	{name: regcache.InputCacheRef, usage: "registry repository for a registry cache, one tag per platform (cache-amd64, ...); exports BUILDKIT_CACHE_FROM_<ARCH>/_TO_<ARCH>"},
+	{name: regcache.InputCacheWrite, usage: "export the registry cache: auto (only from the default branch of a trusted pipeline), true or false", def: string(regcache.WriteAuto)},
 	{name: InputKubeconfig, usage: "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)"},
 	{name: InputTemplate, usage: "ConfigMap of the runner namespace holding the platform team's cluster template (default " + clustertemplate.DefaultName + "; none there: the defaults)"},
 	// No default text: an unset rootless leaves the mode to the cluster template.
@@ -244,6 +247,15 @@ func (j *jobFlags) jobFromRunnerPod() func(cijob.Identity, map[string]string) (c
 	}
 }
 
+// defaultBranch is how up tells a trusted default-branch job, for cache-write auto: from the
+// job's variables on GitLab (the component runs up in the job's shell); elsewhere it cannot.
+func (j *jobFlags) defaultBranch(d Deps) func() (bool, string) {
+	if j.ciPlatform != cijob.GitLab || d.Getenv("GITLAB_CI") != "true" {
+		return nil
+	}
+	return func() (bool, string) { return ci.GitLabOnTrustedDefaultBranch(d.Getenv, "") }
+}
+
 // defaultStateDir is where up keeps its state when --state-dir is not given.
 func defaultStateDir(d Deps) string {
 	tmp := d.Getenv("TMPDIR")
@@ -319,6 +331,7 @@ func runUp(ctx context.Context, args []string, d Deps) error {
 		Inputs:           inputs,
 		Job:              job.identity(),
 		JobFromRunnerPod: job.jobFromRunnerPod(),
+		DefaultBranch:    job.defaultBranch(d),
 		StateDir:         *stateDir,
 		Exports:          d.Stdout,
 		Log:              d.Stderr,

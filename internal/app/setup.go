@@ -2,9 +2,11 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +16,7 @@ import (
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 	"github.com/org/setup-ephemeral-buildkit/internal/pki"
 	"github.com/org/setup-ephemeral-buildkit/internal/platform"
+	"github.com/org/setup-ephemeral-buildkit/internal/regcache"
 )
 
 // rollbackTimeout bounds the removal of a job whose set-up failed or was cancelled. The GitHub
@@ -62,7 +65,7 @@ func Main(ctx context.Context, p ci.System, deps Deps) (err error) {
 	if err != nil {
 		return err
 	}
-	exports, err := export(p, builder, inspection, st.BuildxDir, files, in.set.use)
+	exports, err := export(p, builder, inspection, st.BuildxDir, files, in.set.use, registryCache(p, in.set, plan.Platforms))
 	if err != nil {
 		return err
 	}
@@ -313,13 +316,51 @@ const (
 	OutputPlatforms = "platforms"
 	OutputNodes     = "nodes"
 	OutputEndpoints = "endpoints"
+	// OutputCacheFrom lists every platform's --cache-from value, one per line (a multi-platform
+	// build imports each platform's cache on the node that builds it).
+	OutputCacheFrom = "cache-from"
+	// OutputCacheRefs is a JSON object: per platform, its ref, cache-from and cache-to.
+	OutputCacheRefs = "cache-refs"
+	// OutputCacheWrite is "true" when this job exports the registry cache.
+	OutputCacheWrite = "cache-write"
 )
+
+// Prefixes of the per-platform registry cache variables: BUILDKIT_CACHE_FROM_AMD64,
+// BUILDKIT_CACHE_TO_ARM_V7 (cacheEnvName).
+const (
+	EnvCacheFromPrefix = "BUILDKIT_CACHE_FROM_"
+	EnvCacheToPrefix   = "BUILDKIT_CACHE_TO_"
+)
+
+// cacheEnvName is prefix plus the platform's slug upper-cased, '-' made '_'.
+func cacheEnvName(prefix string, p platform.Platform) string {
+	return prefix + strings.ToUpper(strings.ReplaceAll(p.Slug(), "-", "_"))
+}
+
+// registryCache is the job's registry cache (none without cache-ref), with cache-write
+// resolved against what the CI system says about the job, and says so in the log.
+func registryCache(p ci.System, set settings, platforms []platform.Platform) []regcache.Platform {
+	if set.cacheRef == "" {
+		return nil
+	}
+	trusted, why := false, "the CI system does not say whether this job is on the default branch"
+	if b, ok := p.(ci.DefaultBranchJob); ok {
+		trusted, why = b.OnTrustedDefaultBranch()
+	}
+	write, reason := regcache.Decide(set.cacheWrite, trusted, why)
+	verb := "reads"
+	if write {
+		verb = "reads and writes (mode=max)"
+	}
+	p.Infof("Registry cache: this job %s %s:cache-<platform> (%s)", verb, set.cacheRef, reason)
+	return regcache.Plan(set.cacheRef, platforms, write)
+}
 
 // maxLoggedOutputSize bounds how much of an output's value the log shows.
 const maxLoggedOutputSize = 4096
 
 // export sets the outputs and the environment of later steps, and returns the environment.
-func export(p ci.System, b buildx.Builder, insp buildx.Inspection, buildxDir string, files pki.ClientFiles, use bool) (map[string]string, error) {
+func export(p ci.System, b buildx.Builder, insp buildx.Inspection, buildxDir string, files pki.ClientFiles, use bool, caches []regcache.Platform) (map[string]string, error) {
 	nodes, err := buildx.NodesJSON(b, insp)
 	if err != nil {
 		return nil, err
@@ -346,6 +387,24 @@ func export(p ci.System, b buildx.Builder, insp buildx.Inspection, buildxDir str
 		{OutputPlatforms, strings.Join(b.Platforms(), ",")},
 		{OutputNodes, nodes},
 		{OutputEndpoints, endpoints},
+	}
+	if len(caches) > 0 {
+		refs := map[string]regcache.Platform{}
+		var from []string
+		for _, c := range caches {
+			// Always set, empty when not writing: a value from an earlier step must not linger.
+			env = append(env, [2]string{cacheEnvName(EnvCacheFromPrefix, c.Platform), c.CacheFrom},
+				[2]string{cacheEnvName(EnvCacheToPrefix, c.Platform), c.CacheTo})
+			refs[c.Platform.String()] = c
+			from = append(from, c.CacheFrom)
+		}
+		refsJSON, err := json.Marshal(refs)
+		if err != nil {
+			return nil, err
+		}
+		outputs = append(outputs, [2]string{OutputCacheFrom, strings.Join(from, "\n")},
+			[2]string{OutputCacheRefs, string(refsJSON)},
+			[2]string{OutputCacheWrite, strconv.FormatBool(caches[0].CacheTo != "")})
 	}
 	end := p.Group("Exports for later steps")
 	defer end()

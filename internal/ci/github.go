@@ -34,9 +34,10 @@ const maxSummaryBytes = 1024 * 1024
 // GitHub is the System of a GitHub Actions step (also under actions-runner-controller and act).
 // Build it with NewGitHub.
 type GitHub struct {
-	getenv func(string) string
-	out    *LockedWriter
-	random io.Reader
+	getenv   func(string) string
+	readFile func(string) ([]byte, error)
+	out      *LockedWriter
+	random   io.Reader
 }
 
 var _ System = (*GitHub)(nil)
@@ -47,6 +48,12 @@ type GitHubOption func(*GitHub)
 // WithGetenv makes the adapter read the environment through getenv (default os.Getenv).
 func WithGetenv(getenv func(string) string) GitHubOption {
 	return func(g *GitHub) { g.getenv = getenv }
+}
+
+// WithReadFile makes the adapter read files (the event payload) through readFile (default
+// os.ReadFile).
+func WithReadFile(readFile func(string) ([]byte, error)) GitHubOption {
+	return func(g *GitHub) { g.readFile = readFile }
 }
 
 // WithWriter makes the adapter write logs and workflow commands to w (default os.Stdout), which
@@ -62,7 +69,7 @@ func WithRandom(r io.Reader) GitHubOption {
 
 // NewGitHub returns the GitHub adapter.
 func NewGitHub(opts ...GitHubOption) *GitHub {
-	g := &GitHub{getenv: os.Getenv, out: &LockedWriter{W: os.Stdout}, random: defaultRandom()}
+	g := &GitHub{getenv: os.Getenv, readFile: os.ReadFile, out: &LockedWriter{W: os.Stdout}, random: defaultRandom()}
 	for _, opt := range opts {
 		opt(g)
 	}

@@ -50,6 +50,9 @@ type ShellConfig struct {
 	// JobFromRunnerPod, when set, refines Job with the annotations of the pod the job runs in
 	// (JobFromGitLabPod for GitLab's Kubernetes executor); see RunnerPodJob.
 	JobFromRunnerPod func(job cijob.Identity, annotations map[string]string) (cijob.Identity, []string, []string)
+	// DefaultBranch, when set, answers OnTrustedDefaultBranch (GitLabOnTrustedDefaultBranch for
+	// the CLI in a GitLab job).
+	DefaultBranch func() (bool, string)
 }
 
 // Shell is the System of the plain CLI, for a person at a terminal or a CI system without an

@@ -64,6 +64,10 @@ type Info struct {
 	// BuildkitdConfigFile is a buildkitd.toml (BuildkitdConfig) for the product's
 	// buildkitd-config input: builders trust the registry and use it as their Docker Hub mirror.
 	BuildkitdConfigFile string `json:"buildkitdConfigFile"`
+	// AuditLogFile is the API server's audit log (JSON lines, auditPolicy): every request a
+	// ServiceAccount makes, at the server, so a benchmark counts a job's requests by verb and
+	// resource however its client is built (internal/testing/auditlog reads it).
+	AuditLogFile string `json:"auditLogFile"`
 }
 
 // Cluster is a running local cluster.

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net/http"
+	"path/filepath"
 )
 
 // Process names, as on the host record and in <state>/logs.
@@ -61,6 +62,8 @@ type apiServer struct {
 	etcdURL   string
 	certDir   string
 	serverURL string
+	// auditPolicy and auditLog are the audit policy file and the log it writes.
+	auditPolicy, auditLog string
 }
 
 func (a *apiServer) Name() string { return apiServerName }
@@ -72,6 +75,10 @@ func (a *apiServer) Start(ctx context.Context, s *session) error {
 	}
 	a.port, a.pki, a.etcdURL, a.certDir = ports[0], s.pki, s.etcdURL, s.dir("apiserver")
 	a.serverURL = fmt.Sprintf("https://%s:%d", nodeAddress, a.port)
+	a.auditPolicy, a.auditLog = filepath.Join(a.certDir, "audit-policy.yaml"), filepath.Join(a.certDir, "audit.log")
+	if err := writeFile(a.auditPolicy, auditPolicy); err != nil {
+		return err
+	}
 	adminHTTP, err := adminHTTPClient(s.pki.CA(), s.pki.Cert("admin"), s.pki.Key("admin"))
 	if err != nil {
 		return err
@@ -92,8 +99,21 @@ func (a *apiServer) Start(ctx context.Context, s *session) error {
 	s.info.Server, s.info.CAFile = a.serverURL, s.pki.CA()
 	s.info.AdminCertFile, s.info.AdminKeyFile = s.pki.Cert("admin"), s.pki.Key("admin")
 	s.info.Kubeconfig = s.kubeconfig("admin")
+	s.info.AuditLogFile = a.auditLog
 	return nil
 }
+
+// auditPolicy records one event per request of a ServiceAccount (the identities tests give
+// jobs and buildx's kubernetes driver), when the response is complete, without bodies. The
+// control plane's own traffic is left out: it would be most of the log and none of a job's.
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived, ResponseStarted]
+rules:
+- level: Metadata
+  userGroups: ["system:serviceaccounts"]
+- level: None
+`
 
 func (a *apiServer) args() []string {
 	pki := a.pki
@@ -117,6 +137,8 @@ func (a *apiServer) args() []string {
 		"--service-account-key-file=" + pki.path("sa.pub"),
 		"--service-account-signing-key-file=" + pki.Key("sa"),
 		"--cert-dir=" + a.certDir,
+		"--audit-policy-file=" + a.auditPolicy, "--audit-log-path=" + a.auditLog, "--audit-log-format=json",
+		"--audit-log-maxsize=200", "--audit-log-maxbackup=1",
 		"--profiling=false", "--v=1",
 	}
 }
