@@ -407,7 +407,7 @@ func TestChartValues(t *testing.T) {
 			t.Errorf("%s subjects = %s, want %s", ns, got, want)
 		}
 		role := find(t, objects, "Role", ns, name)
-		if got, want := jsonOf(field(role, "rules", 4)), `{"apiGroups":[""],"resourceNames":["builders"],"resources":["configmaps"],"verbs":["get"]}`; got != want {
+		if got, want := jsonOf(field(role, "rules", 5)), `{"apiGroups":[""],"resourceNames":["builders"],"resources":["configmaps"],"verbs":["get"]}`; got != want {
 			t.Errorf("%s Role's template rule = %s, want %s", ns, got, want)
 		}
 		template := find(t, objects, "ConfigMap", ns, "builders")

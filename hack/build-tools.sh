@@ -19,7 +19,7 @@ BIN_DIR=$CACHE_DIR/bin
 STAMP_DIR=$CACHE_DIR/stamps
 WORK_DIR=$CACHE_DIR/tmp
 GO=${GO:-go}
-ALL_TOOLS="runc etcd buildkit rootlesskit buildx act kubernetes registry helm actionlint dockercli"
+ALL_TOOLS="runc etcd buildkit rootlesskit buildx act kubernetes registry helm actionlint dockercli local-path-provisioner"
 TOOLS=${TOOLS:-$ALL_TOOLS}
 
 # Versions stamped into the binaries. They must match the versions the scratch modules require;
@@ -175,6 +175,17 @@ build_registry() {
 	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath \
 		-ldflags "-s -w -X $p.version=$REGISTRY_VERSION -X $p.revision=$REGISTRY_VERSION -X $p.mainpkg=github.com/distribution/distribution/v3" \
 		-o "$out/registry" github.com/distribution/distribution/v3/cmd/registry)
+}
+
+outputs_local-path-provisioner() { echo local-path-provisioner; }
+build_local-path-provisioner() {
+	local out=$1 dir=$TOOLS_DIR/local-path-provisioner version=v0.0.30
+	check_version "$dir" github.com/rancher/local-path-provisioner "$version"
+	# The local cluster's dynamic volume provisioner (the one kind ships as its default), run as
+	# a host process (see internal/testing/localcluster/storage.go). Its version is a main
+	# variable, as its own build scripts set it.
+	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath -ldflags "-s -w -X main.VERSION=$version" \
+		-o "$out/local-path-provisioner" github.com/rancher/local-path-provisioner)
 }
 
 outputs_act() { echo act; }

@@ -21,6 +21,8 @@ type GCOptions struct {
 	Kubeconfig string
 	// DryRun reports what would be deleted without deleting anything.
 	DryRun bool
+	// CacheBudget is what the janitor keeps of the namespace's cache volumes.
+	CacheBudget k8sprov.CacheBudget
 	// Checker asks the CI system whether a job has finished; nil judges by deadline and owner
 	// pod alone. The gc verb builds it from GITHUB_TOKEN and GITLAB_TOKEN (jobstatus.FromEnv).
 	Checker k8sprov.JobChecker
@@ -87,4 +89,35 @@ func WriteGCReport(w io.Writer, namespace string, decisions []k8sprov.GCDecision
 		return err
 	}
 	return nil
+}
+
+// CollectCacheVolumes applies opts.CacheBudget to the cache volumes of the namespace.
+func CollectCacheVolumes(ctx context.Context, namespace string, opts GCOptions, deps Deps) ([]k8sprov.CacheDecision, error) {
+	d := deps.withDefaults()
+	kube, err := d.Kube(ctx, opts.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("connecting to Kubernetes: %w", err)
+	}
+	prov := &k8sprov.Provisioner{Client: kube.Client, Now: d.Now}
+	return prov.CollectCacheVolumes(ctx, namespace, opts.CacheBudget, opts.DryRun)
+}
+
+// WriteCacheReport writes the janitor's decisions on cache volumes as a table.
+func WriteCacheReport(w io.Writer, decisions []k8sprov.CacheDecision, dryRun bool) error {
+	if len(decisions) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "CACHE VOLUME\tACTION\tREASON\n")
+	for _, d := range decisions {
+		action := "keep"
+		if d.Delete {
+			action = "delete"
+			if dryRun {
+				action = "would delete"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", d.Volume, action, d.Reason)
+	}
+	return tw.Flush()
 }

@@ -71,6 +71,11 @@ func readInputs(p ci.System, readFile func(string) ([]byte, error)) (k8sprov.Inp
 		Timeout:                p.Input(k8sprov.InputTimeout),
 		MaxLifetime:            p.Input(k8sprov.InputMaxLifetime),
 		TerminationGracePeriod: p.Input(k8sprov.InputTerminationGracePeriod),
+		Cache:                  p.Input(k8sprov.InputCache),
+		CacheKey:               p.Input(k8sprov.InputCacheKey),
+		CacheSize:              p.Input(k8sprov.InputCacheSize),
+		CacheStorageClass:      p.Input(k8sprov.InputCacheStorageClass),
+		CacheMaxSlots:          p.Input(k8sprov.InputCacheMaxSlots),
 	}
 	var errs []error
 	// Relative paths in an inline config are relative to the working directory, in a file's

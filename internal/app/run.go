@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 
+	"k8s.io/apimachinery/pkg/api/resource"
+
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/cijob"
 	"github.com/org/setup-ephemeral-buildkit/internal/clustertemplate"
@@ -156,6 +158,11 @@ var upFlags = []inputFlag{
 	{name: k8sprov.InputTimeout, usage: "readiness timeout, e.g. 2m (default 120s)"},
 	{name: k8sprov.InputMaxLifetime, usage: "deadline of the builder pods and certificates, e.g. 6h"},
 	{name: k8sprov.InputTerminationGracePeriod, usage: "how long a deleted builder may finish running builds (default 900s)"},
+	{name: k8sprov.InputCache, usage: "where builders keep BuildKit's state: off (cold every job) or volume (a cache volume per lineage, one builder at a time)"},
+	{name: k8sprov.InputCacheKey, usage: "splits the repository's cache lineages, e.g. a Dockerfile or branch family (default: the repository alone)"},
+	{name: k8sprov.InputCacheSize, usage: "size of a cache volume (default 10Gi)"},
+	{name: k8sprov.InputCacheStorageClass, usage: "StorageClass of the cache volumes (default: the cluster's default)"},
+	{name: k8sprov.InputCacheMaxSlots, usage: "cache volumes per lineage, for concurrent jobs (default 4)"},
 	{name: k8sprov.InputBuildkitdFlags, usage: "extra buildkitd flags"},
 	{name: k8sprov.InputBuildkitdConfig, usage: "path of a buildkitd.toml"},
 	{name: InputBuildkitdConfigInline, usage: "content of a buildkitd.toml"},
@@ -427,10 +434,25 @@ func runGC(ctx context.Context, args []string, d Deps) error {
 	fs.StringVar(&opts.Kubeconfig, "kubeconfig", "", "kubeconfig file (default: in-cluster, KUBECONFIG, ~/.kube/config)")
 	dryRun := "false"
 	fs.Var(boolInput{&dryRun}, "dry-run", "only report what would be deleted")
+	fs.DurationVar(&opts.CacheBudget.MaxUnused, "cache-max-unused", k8sprov.DefaultCacheMaxUnused, "remove cache volumes no job claimed for this long (0: never)")
+	fs.IntVar(&opts.CacheBudget.MaxCount, "cache-max-count", 0, "keep at most this many cache volumes in the namespace, least recently used go first (0: no limit)")
+	maxSize := ""
+	fs.StringVar(&maxSize, "cache-max-size", "", "keep the namespace's cache volumes within this much requested storage, e.g. 500Gi (empty: no limit)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	opts.DryRun = dryRun == "true"
+	if maxSize != "" {
+		q, err := resource.ParseQuantity(maxSize)
+		if err != nil || q.Sign() <= 0 {
+			return &k8sprov.InputError{Input: "cache-max-size", Value: maxSize, Err: errors.New("not a positive quantity"), Accepted: "a quantity such as 500Gi, or empty for no limit"}
+		}
+		opts.CacheBudget.MaxSize = q
+	}
+	if opts.CacheBudget.MaxUnused < 0 || opts.CacheBudget.MaxCount < 0 {
+		return &k8sprov.InputError{Input: "cache-max-unused/cache-max-count", Value: fmt.Sprintf("%s/%d", opts.CacheBudget.MaxUnused, opts.CacheBudget.MaxCount),
+			Err: errors.New("negative"), Accepted: "a duration and a count of zero or more"}
+	}
 	checker, err := jobstatus.FromEnv(d.Getenv)
 	if err != nil {
 		return fmt.Errorf("configuring the job status checks: %w", err)
@@ -443,6 +465,10 @@ func runGC(ctx context.Context, args []string, d Deps) error {
 		if werr := WriteGCReport(d.Stdout, namespace, decisions, opts.DryRun); werr != nil {
 			err = errors.Join(err, werr)
 		}
+	}
+	if namespace != "" {
+		cache, cerr := CollectCacheVolumes(ctx, namespace, opts, d)
+		err = errors.Join(err, cerr, WriteCacheReport(d.Stdout, cache, opts.DryRun))
 	}
 	return err
 }

@@ -180,6 +180,7 @@ func startBuilders(ctx context.Context, p ci.System, d Deps, kube *KubeClient, p
 		VerifyInterval: d.VerifyInterval,
 		SecretCreated:  func(secret k8sprov.ObjectRef) error { return st.saveSecret(p, secret) },
 		EarlierSecrets: earlierSecrets,
+		Warning:        func(msg string) { p.Warningf("%s", msg) },
 	}
 	result, err := provisioner.Provision(ctx, plan)
 	end()

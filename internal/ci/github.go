@@ -1,6 +1,7 @@
 package ci
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -111,6 +112,7 @@ func (g *GitHub) Job() cijob.Identity {
 			id.JobID += "@" + runner
 		}
 	}
+	id.Untrusted = g.fromFork()
 	if server := strings.TrimRight(g.getenv("GITHUB_SERVER_URL"), "/"); server != "" && id.Repository != "" && id.RunID != "" {
 		id.URL = server + "/" + id.Repository + "/actions/runs/" + id.RunID
 		if id.RunAttempt != "" {
@@ -118,6 +120,53 @@ func (g *GitHub) Job() cijob.Identity {
 		}
 	}
 	return id
+}
+
+// fromFork reports whether the job runs for a pull request from a fork (GITHUB_EVENT_NAME
+// pull_request or pull_request_target, the event payload at GITHUB_EVENT_PATH naming a head
+// repository that is a fork or not the base repository). Such a job is Untrusted. A pull
+// request whose payload cannot be read counts as one from a fork: wrongly keeping a cache apart
+// costs a cold build, wrongly sharing it could poison every later build.
+func (g *GitHub) fromFork() bool {
+	event := g.getenv("GITHUB_EVENT_NAME")
+	if event != "pull_request" && event != "pull_request_target" {
+		return false
+	}
+	readFile := g.readFile
+	if readFile == nil {
+		readFile = os.ReadFile
+	}
+	payload, err := readFile(g.getenv("GITHUB_EVENT_PATH"))
+	if err != nil {
+		return true
+	}
+	return PullRequestFromFork(payload)
+}
+
+// PullRequestFromFork reads a pull_request event payload: true when its head repository is a
+// fork, is another repository than the base, or is missing (a deleted fork), or when the
+// payload is unreadable.
+func PullRequestFromFork(payload []byte) bool {
+	var event struct {
+		PullRequest *struct {
+			Head struct {
+				Repo *struct {
+					Fork     bool   `json:"fork"`
+					FullName string `json:"full_name"`
+				} `json:"repo"`
+			} `json:"head"`
+			Base struct {
+				Repo *struct {
+					FullName string `json:"full_name"`
+				} `json:"repo"`
+			} `json:"base"`
+		} `json:"pull_request"`
+	}
+	if err := json.Unmarshal(payload, &event); err != nil || event.PullRequest == nil {
+		return true
+	}
+	head, base := event.PullRequest.Head.Repo, event.PullRequest.Base.Repo
+	return head == nil || base == nil || head.Fork || head.FullName != base.FullName
 }
 
 // RunnerCandidates returns ACTIONS_RUNNER_POD_NAME (set in the runner's kubernetes container

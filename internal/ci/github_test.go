@@ -506,3 +506,34 @@ func TestGitHubName(t *testing.T) {
 		t.Errorf("Name = %q", got)
 	}
 }
+
+// Pull requests from forks (or unreadable ones) are untrusted; pushes and same-repository pull
+// requests are not.
+func TestGitHubJobMarksForkPullRequestsUntrusted(t *testing.T) {
+	payload := func(fork bool, head, base string) string {
+		return fmt.Sprintf(`{"pull_request":{"head":{"repo":{"fork":%t,"full_name":%q}},"base":{"repo":{"full_name":%q}}}}`, fork, head, base)
+	}
+	for _, tc := range []struct {
+		name, event, payload string
+		untrusted            bool
+	}{
+		{"push", "push", "", false},
+		{"same-repository pull request", "pull_request", payload(false, "org/app", "org/app"), false},
+		{"fork pull request", "pull_request", payload(true, "someone/app", "org/app"), true},
+		{"pull_request_target from a fork", "pull_request_target", payload(true, "someone/app", "org/app"), true},
+		{"head repository deleted", "pull_request", `{"pull_request":{"head":{"repo":null},"base":{"repo":{"full_name":"org/app"}}}}`, true},
+		{"unreadable payload", "pull_request", "", true},
+	} {
+		env := map[string]string{"GITHUB_EVENT_NAME": tc.event, "GITHUB_EVENT_PATH": "/event.json", "GITHUB_REPOSITORY": "org/app"}
+		readFile := func(path string) ([]byte, error) {
+			if path != "/event.json" || tc.payload == "" {
+				return nil, os.ErrNotExist
+			}
+			return []byte(tc.payload), nil
+		}
+		gh := NewGitHub(WithGetenv(func(k string) string { return env[k] }), WithReadFile(readFile))
+		if got := gh.Job().Untrusted; got != tc.untrusted {
+			t.Errorf("%s: Untrusted = %v, want %v", tc.name, got, tc.untrusted)
+		}
+	}
+}

@@ -120,9 +120,15 @@ func NewGitLab(cfg GitLabConfig) (*GitLab, error) {
 // retried job is a new job with a new id. The CLI's job flags take their defaults from it
 // (prefix "") when GITLAB_CI is true, so that builders of GitLab jobs carry CIPlatform
 // cijob.GitLab and the janitor can ask GitLab about them.
+//
+// A merge request pipeline whose source project is not the target project (a fork's merge
+// request, run in the parent project) is Untrusted: its builders never mount a cache volume
+// trusted jobs use.
 func GitLabJob(getenv func(string) string, prefix string) cijob.Identity {
 	v := func(name string) string { return strings.TrimSpace(getenv(prefix + name)) }
+	source, target := v("CI_MERGE_REQUEST_SOURCE_PROJECT_ID"), v("CI_MERGE_REQUEST_PROJECT_ID")
 	return cijob.Identity{
+		Untrusted:    source != "" && source != target,
 		CIPlatform:   cijob.GitLab,
 		Repository:   v("CI_PROJECT_PATH"),
 		RepositoryID: v("CI_PROJECT_ID"),

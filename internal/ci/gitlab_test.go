@@ -161,3 +161,16 @@ func TestGitLabDebug(t *testing.T) {
 		t.Error("CI_DEBUG_TRACE=true: Debug() = false")
 	}
 }
+
+// A merge request from a fork (source project not the target) is untrusted.
+func TestGitLabJobMarksForkMergeRequestsUntrusted(t *testing.T) {
+	for _, tc := range []struct {
+		source, target string
+		untrusted      bool
+	}{{"", "", false}, {"7", "7", false}, {"8", "7", true}} {
+		env := map[string]string{"CI_MERGE_REQUEST_SOURCE_PROJECT_ID": tc.source, "CI_MERGE_REQUEST_PROJECT_ID": tc.target}
+		if got := GitLabJob(func(k string) string { return env[k] }, "").Untrusted; got != tc.untrusted {
+			t.Errorf("source %q target %q: Untrusted = %v, want %v", tc.source, tc.target, got, tc.untrusted)
+		}
+	}
+}

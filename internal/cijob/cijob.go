@@ -44,6 +44,9 @@ type Identity struct {
 	Commit string
 	// URL points to the run's (or job's) page.
 	URL string
+	// Untrusted marks a job that may not write a cache trusted jobs read: a GitHub pull request
+	// or a GitLab merge request from a fork. Its builders get cache volumes of their own.
+	Untrusted bool
 }
 
 // RunnerCandidate is a name the runner pod may have, as the CI system tells it, and where that

@@ -397,7 +397,7 @@ func TestPrepareNamesIgnoredJobVariables(t *testing.T) {
 			t.Errorf("the job log does not name %s:\n%s", name, log)
 		}
 	}
-	if !strings.Contains(log, "the job variables it reads are BUILDKIT_PLATFORMS") {
+	if !strings.Contains(log, "the job variables it reads are BUILDKIT_CACHE_KEY, BUILDKIT_PLATFORMS") {
 		t.Errorf("the job log does not say which variables are read:\n%s", log)
 	}
 	for _, name := range []string{"BUILDKIT_PLATFORMS is not read", "BUILDKIT_EMPTY", "BUILDKIT_NOT_A_JOB_VARIABLE", "BUILDKIT_PROGRESS"} {

@@ -41,10 +41,12 @@ const (
 )
 
 // DefaultJobInputs are the inputs a job may set through its CI/CD variables
-// (CUSTOM_ENV_BUILDKIT_PLATFORMS): which architectures it builds for. Everything else —
-// namespace, image, resources, node selectors, buildkitd flags — is the administrator's, because
-// the hook acts with the runner's Kubernetes rights.
-var DefaultJobInputs = []string{"platforms"}
+// (CUSTOM_ENV_BUILDKIT_PLATFORMS): which architectures it builds for, and which of its
+// project's cache lineages it uses (the project is always part of a lineage, so no key reaches
+// another project's volumes). Everything else — namespace, image, resources, node selectors,
+// buildkitd flags, whether and how large cache volumes are — is the administrator's, because the
+// hook acts with the runner's Kubernetes rights.
+var DefaultJobInputs = []string{"platforms", "cache-key"}
 
 // Settings configure the hook. The zero value of each field means its default.
 type Settings struct {

@@ -96,6 +96,11 @@ type Inputs struct {
 	Timeout                string            // ParseDuration: the readiness timeout
 	MaxLifetime            string            // ParseDuration
 	TerminationGracePeriod string            // ParseDuration
+	Cache                  string            // ParseCacheMode: off or volume
+	CacheKey               string            // free text naming a lineage
+	CacheSize              string            // a quantity, e.g. 20Gi
+	CacheStorageClass      string            // a StorageClass name
+	CacheMaxSlots          string            // a whole number
 }
 
 // OwnerSelection says which pod should own the builders.
@@ -144,6 +149,9 @@ type Options struct {
 	ReadinessTimeout       time.Duration
 	MaxLifetime            time.Duration
 	TerminationGracePeriod time.Duration
+	// Cache says whether and where builders keep BuildKit's state across jobs.
+	Cache CacheSettings
+
 	// DrainQuietPeriod is how long the preStop hook waits with no build connection open before
 	// buildkitd is stopped. Not an input: tests of teardown lower it.
 	DrainQuietPeriod time.Duration
@@ -212,6 +220,10 @@ func ParseOptions(job cijob.Identity, in Inputs) (Options, error) {
 		collect(d.input, d.text, err)
 	}
 
+	var cacheErrs []error
+	opts.Cache, cacheErrs = parseCacheInputs(in)
+	errs = append(errs, cacheErrs...)
+
 	opts = opts.WithDefaults()
 	// Validation also sees the inputs that failed to parse (as zero values); only its findings
 	// about the other inputs are news.
@@ -264,6 +276,7 @@ func (o Options) WithDefaults() Options {
 	if o.DrainQuietPeriod == 0 {
 		o.DrainQuietPeriod = DefaultDrainQuietPeriod
 	}
+	o.Cache = o.Cache.withDefaults()
 	return o
 }
 
@@ -317,6 +330,7 @@ func (o Options) Validate() error {
 	add(lifetimeErr)
 	add(validateDuration(InputTerminationGracePeriod, o.TerminationGracePeriod, time.Second, maxTerminationGracePeriod))
 	add(validateDuration("drain quiet period", o.DrainQuietPeriod, 0, maxDrainQuietPeriod))
+	add(o.Cache.validate(o.Job))
 	if lifetimeErr == nil && o.ReadinessTimeout >= o.MaxLifetime {
 		add(&InputError{Input: InputMaxLifetime, Value: o.MaxLifetime.String(),
 			Err:      fmt.Errorf("not longer than the readiness timeout %s", o.ReadinessTimeout),

@@ -49,6 +49,9 @@ type Plan struct {
 	// Platforms are the platforms to provision, never empty.
 	Platforms []platform.Platform
 	CreatedAt time.Time
+	// CacheVolumes names the cache volume each platform's builder mounts at BuildKit's state
+	// directory; a platform not in it starts cold. The provisioner fills it when it claims slots.
+	CacheVolumes map[platform.Platform]string
 	// SecretSlotOffset moves the Secret's name off the slot preferred for CreatedAt (SecretName).
 	SecretSlotOffset int
 }

@@ -36,6 +36,9 @@ type Provisioner struct {
 	// EarlierSecrets are Secrets an earlier, killed attempt of the same job recorded; Provision
 	// deletes them with that attempt's pods.
 	EarlierSecrets []ObjectRef
+	// Warning receives what makes a job slower but does not fail it (a cache volume it could not
+	// use); nil sends it to Progress.
+	Warning func(string)
 }
 
 // Builder is one provisioned, verified builder.
@@ -59,6 +62,9 @@ type Result struct {
 	Builders    []Builder
 	// Secret is the job's TLS Secret, for TeardownOptions.Secrets.
 	Secret ObjectRef
+	// Cache says, per platform, which cache volume its builder uses and why, or why it is cold;
+	// empty when the cache is off.
+	Cache []CacheChoice
 }
 
 // BuilderError is a builder that cannot become ready, with the reason Kubernetes gives.
@@ -92,8 +98,109 @@ func (p *Provisioner) now() time.Time {
 // earlier, killed attempt are replaced. On any failure it removes what it created.
 //
 // The plan comes from NewPlan, which validated its options; Provision does not check them again.
-func (p *Provisioner) Provision(ctx context.Context, plan Plan) (result *Result, err error) {
-	ctx, cancel := context.WithTimeout(ctx, plan.Options.ReadinessTimeout)
+func (p *Provisioner) Provision(ctx context.Context, plan Plan) (*Result, error) {
+	if plan.Options.Cache.Mode != CacheVolume {
+		return p.provisionOnce(ctx, plan, plan.Options.ReadinessTimeout)
+	}
+	choices := p.claimCacheVolumes(ctx, plan)
+	plan.CacheVolumes = map[platform.Platform]string{}
+	for _, c := range choices {
+		p.progress(ProgressStep, c.Platform, "", "cache: %s", c.Why)
+		if c.Volume != "" {
+			plan.CacheVolumes[c.Platform] = c.Volume
+		}
+	}
+	if len(plan.CacheVolumes) == 0 {
+		result, err := p.provisionOnce(ctx, plan, plan.Options.ReadinessTimeout)
+		if result != nil {
+			result.Cache = choices
+		}
+		return result, err
+	}
+	// A volume that cannot be attached in a short bound, or on which buildkitd fails, must not
+	// make the job slower than a cold builder by more than that bound.
+	bound := min(plan.Options.ReadinessTimeout, plan.Options.Cache.AttachTimeout)
+	result, err := p.provisionOnce(ctx, plan, bound)
+	if err == nil {
+		result.Cache = choices
+		return result, nil
+	}
+	if ctx.Err() != nil || !cacheMayBeTheCause(err) {
+		return nil, err
+	}
+	reason := err.Error() + p.dropFailedCacheVolumes(ctx, plan, err)
+	p.warn(fmt.Sprintf("cache: the builders on cache volumes did not start within %s, going on with cold builders: %s", bound, reason))
+	for i := range choices {
+		if choices[i].Volume != "" {
+			choices[i] = CacheChoice{Platform: choices[i].Platform, Why: "cold builder: its cache volume failed: " + reason}
+		}
+	}
+	plan.CacheVolumes = nil
+	result, err = p.provisionOnce(ctx, plan, plan.Options.ReadinessTimeout)
+	if result != nil {
+		result.Cache = choices
+	}
+	return result, err
+}
+
+// dropFailedCacheVolumes removes from the pool the cache volumes of a failed start that are of no
+// use to a later job: one buildkitd exited on (damaged), and one that never bound to storage (no
+// data on it to lose; a wrong StorageClass would fail every job that claims it). A volume that
+// was only slow to attach is kept. It returns what it did, for the warning.
+func (p *Provisioner) dropFailedCacheVolumes(ctx context.Context, plan Plan, err error) string {
+	var be *BuilderError
+	exited := errors.As(err, &be) && be.Reason == "ContainerExited"
+	var notes string
+	for _, pl := range plan.Platforms {
+		name := plan.CacheVolumes[pl]
+		if name == "" {
+			continue
+		}
+		why := ""
+		if exited && be.Platform == pl {
+			why = "is damaged"
+		} else if pvc, gerr := p.Client.CoreV1().PersistentVolumeClaims(plan.Namespace).Get(ctx, name, metav1.GetOptions{}); gerr == nil && pvc.Status.Phase != corev1.ClaimBound {
+			why = "never bound to storage (" + string(pvc.Status.Phase) + ")"
+		}
+		if why == "" {
+			continue
+		}
+		if derr := p.dropCacheVolume(ctx, plan.Namespace, name); derr != nil {
+			notes += fmt.Sprintf("; cache volume %s %s, and removing it failed: %v", name, why, derr)
+		} else {
+			notes += fmt.Sprintf("; cache volume %s %s and was removed from the pool", name, why)
+		}
+	}
+	return notes
+}
+
+// cacheMayBeTheCause says whether a failed start on cache volumes is worth a cold retry: not
+// when the image cannot be pulled or Pod Security, a quota or a LimitRange refuses the pod,
+// which a cold builder shares. A refusal by RBAC or an admission policy is retried cold: a
+// policy that does not allow volumes (deploy/admission-policy.yaml does not yet) refuses only
+// the cached pod.
+func cacheMayBeTheCause(err error) bool {
+	var be *BuilderError
+	if errors.As(err, &be) {
+		return !fatalWaitingReasons[be.Reason]
+	}
+	var pse *PodSecurityError
+	var qe *QuotaError
+	var lre *LimitRangeError
+	return !errors.As(err, &pse) && !errors.As(err, &qe) && !errors.As(err, &lre)
+}
+
+func (p *Provisioner) warn(msg string) {
+	if p.Warning != nil {
+		p.Warning(msg)
+		return
+	}
+	p.progress(ProgressStep, platform.Platform{}, "", "warning: %s", msg)
+}
+
+// provisionOnce is one attempt of Provision, bounded by timeout.
+func (p *Provisioner) provisionOnce(ctx context.Context, plan Plan, timeout time.Duration) (result *Result, err error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
 	if plan.SecretSlotOffset, err = p.replaceLeftovers(ctx, plan); err != nil {
@@ -120,8 +227,14 @@ func (p *Provisioner) Provision(ctx context.Context, plan Plan) (result *Result,
 		return nil, err
 	}
 	w.created(p.now())
-	if err := p.createPods(ctx, plan.Namespace, objs.pods); err != nil {
+	created, err := p.createPods(ctx, plan.Namespace, objs.pods)
+	if err != nil {
 		return nil, err
+	}
+	if err := p.recordHolders(ctx, plan, created); err != nil {
+		// The claims still hold their slots for cacheClaimGrace, and RWOP keeps a second pod
+		// off the volumes; a job is not failed for it.
+		p.warn(fmt.Sprintf("cache: %v", err))
 	}
 	builders, err := w.wait(ctx)
 	if err != nil {
@@ -177,18 +290,20 @@ func (p *Provisioner) createSecret(ctx context.Context, plan Plan, secret *corev
 	return ref, nil
 }
 
-// createPods creates the builder pods in parallel.
-func (p *Provisioner) createPods(ctx context.Context, ns string, pods []*corev1.Pod) error {
+// createPods creates the builder pods in parallel and returns them as created.
+func (p *Provisioner) createPods(ctx context.Context, ns string, pods []*corev1.Pod) ([]*corev1.Pod, error) {
 	var wg sync.WaitGroup
 	errs := make([]error, len(pods))
+	created := make([]*corev1.Pod, len(pods))
 	for i, pod := range pods {
 		wg.Go(func() {
-			_, err := p.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+			var err error
+			created[i], err = p.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
 			errs[i] = explainAPIError(err, "create", "pods", ns, "creating builder pod "+pod.Name)
 		})
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	return created, errors.Join(errs...)
 }
 
 // rollback removes what a failed Provision created and returns err with any problem doing so.

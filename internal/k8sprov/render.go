@@ -106,7 +106,8 @@ func RenderSecret(p Plan, creds *Credentials) (*corev1.Secret, error) {
 // RenderPod returns the builder pod for platform pl.
 //
 // The pod runs buildkitd listening on a unix socket (for the readiness probe) and on
-// tcp://0.0.0.0:1234 with mutual TLS (for the job), with its state in an emptyDir. It is
+// tcp://0.0.0.0:1234 with mutual TLS (for the job), with its state in an emptyDir, or on the
+// cache volume the plan names for pl (then with buildkitd's garbage collection sized to it). It is
 // scheduled by nodeSelector on nodes of pl's architecture (see Options.ScheduleFor), owned by the
 // runner pod, ends at the latest after MaxLifetime (activeDeadlineSeconds), gets no service
 // account token and no service links, and is never restarted: a builder that died has lost its
@@ -130,7 +131,13 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 	annotations := p.annotations()
 	annotations[AnnotationPlatform] = pl.String()
 	nodeSelector, tolerations := opts.ScheduleFor(pl)
-	args, configItems := buildkitdArgs(opts, pl)
+	claim := p.CacheVolumes[pl]
+	args, configItems := buildkitdArgs(opts, pl, claim != "")
+	stateVolume := corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}
+	if claim != "" {
+		stateVolume = corev1.VolumeSource{PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: claim}}
+		annotations[AnnotationCacheVolume] = claim
+	}
 	container := buildkitdContainer(opts, args)
 	podSecurity, secretMode := securityContexts(opts, &container)
 	scheduling := opts.Pod.SchedulingFor(pl)
@@ -158,7 +165,7 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 			TerminationGracePeriodSeconds: ptr.To(ceilSeconds(opts.TerminationGracePeriod)),
 			SecurityContext:               podSecurity,
 			Volumes: []corev1.Volume{
-				{Name: volumeState, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}},
+				{Name: volumeState, VolumeSource: stateVolume},
 				{Name: volumeSocket, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
 					Medium: corev1.StorageMediumMemory, SizeLimit: ptr.To(resource.MustParse("1Mi")),
 				}}},
@@ -173,8 +180,9 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 }
 
 // buildkitdArgs returns buildkitd's arguments for pl's builder and the Secret's files its
-// config volume mounts.
-func buildkitdArgs(opts Options, pl platform.Platform) ([]string, []corev1.KeyToPath) {
+// config volume mounts. On a cache volume, buildkitd's own garbage collection is sized to it, so
+// the volume never fills up; the user's flags come after and may override it.
+func buildkitdArgs(opts Options, pl platform.Platform, onCacheVolume bool) ([]string, []corev1.KeyToPath) {
 	args := []string{
 		"--addr", SocketAddress,
 		"--addr", "tcp://0.0.0.0:" + strconv.Itoa(BuildkitPort),
@@ -200,6 +208,9 @@ func buildkitdArgs(opts Options, pl platform.Platform) ([]string, []corev1.KeyTo
 	if opts.Rootless {
 		// Without a privileged container, BuildKit cannot mount a fresh /proc for build steps.
 		args = append(args, "--oci-worker-no-process-sandbox")
+	}
+	if onCacheVolume {
+		args = append(args, "--oci-worker-gc=true", "--oci-worker-gc-keepstorage="+gcKeepStorage(opts.Cache.Size))
 	}
 	return append(args, opts.BuildkitdFlags...), configItems
 }

@@ -21,6 +21,30 @@ type WorkerReport struct {
 // handshake happens in the dialer with the job's in-memory credentials, so no file has to exist
 // for the check; "h2" is offered because gRPC servers require it through ALPN.
 func ListWorkers(ctx context.Context, endpoint string, tlsConfig *tls.Config) (WorkerReport, error) {
+	c, err := newBuildkitClient(ctx, endpoint, tlsConfig)
+	if err != nil {
+		return WorkerReport{}, err
+	}
+	defer c.Close()
+	workers, err := c.ListWorkers(ctx)
+	if err != nil {
+		return WorkerReport{}, fmt.Errorf("ListWorkers on %s: %w", endpoint, err)
+	}
+	var report WorkerReport
+	for _, w := range workers {
+		if report.BuildkitVersion == "" {
+			report.BuildkitVersion = w.BuildkitVersion.Version
+		}
+		report.Platforms = append(report.Platforms, w.Platforms...)
+	}
+	if len(workers) == 0 {
+		return report, fmt.Errorf("ListWorkers on %s: no workers", endpoint)
+	}
+	return report, nil
+}
+
+// newBuildkitClient is a BuildKit client of the builder at endpoint over mutual TLS.
+func newBuildkitClient(ctx context.Context, endpoint string, tlsConfig *tls.Config) (*bkclient.Client, error) {
 	address := strings.TrimPrefix(endpoint, "tcp://")
 	cfg := tlsConfig.Clone()
 	cfg.NextProtos = []string{"h2"}
@@ -39,22 +63,7 @@ func ListWorkers(ctx context.Context, endpoint string, tlsConfig *tls.Config) (W
 	}
 	c, err := bkclient.New(ctx, "tcp://"+address, bkclient.WithContextDialer(dialer))
 	if err != nil {
-		return WorkerReport{}, fmt.Errorf("BuildKit client for %s: %w", endpoint, err)
+		return nil, fmt.Errorf("BuildKit client for %s: %w", endpoint, err)
 	}
-	defer c.Close()
-	workers, err := c.ListWorkers(ctx)
-	if err != nil {
-		return WorkerReport{}, fmt.Errorf("ListWorkers on %s: %w", endpoint, err)
-	}
-	var report WorkerReport
-	for _, w := range workers {
-		if report.BuildkitVersion == "" {
-			report.BuildkitVersion = w.BuildkitVersion.Version
-		}
-		report.Platforms = append(report.Platforms, w.Platforms...)
-	}
-	if len(workers) == 0 {
-		return report, fmt.Errorf("ListWorkers on %s: no workers", endpoint)
-	}
-	return report, nil
+	return c, nil
 }

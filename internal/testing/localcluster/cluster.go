@@ -68,6 +68,9 @@ type Info struct {
 	// ServiceAccount makes, at the server, so a benchmark counts a job's requests by verb and
 	// resource however its client is built (internal/testing/auditlog reads it).
 	AuditLogFile string `json:"auditLogFile"`
+	// StorageClass is the StorageClass of the cluster's dynamic volume provisioner
+	// (StorageClassName): claims of it get a directory on the node.
+	StorageClass string `json:"storageClass"`
 }
 
 // Cluster is a running local cluster.
@@ -206,7 +209,7 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 
 // checkPrerequisites fails before any host change when a binary or tool the parts need is missing.
 func checkPrerequisites(binDir string) error {
-	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", registryName} {
+	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", registryName, storageName} {
 		if _, err := os.Stat(filepath.Join(binDir, bin)); err != nil {
 			return fmt.Errorf("binary %s missing in %s (build it with `make tools`): %w", bin, binDir, err)
 		}

@@ -59,6 +59,8 @@ func startOrder() []component {
 		&containerd{},
 		&kubelet{},
 		step{"default serviceaccount", waitDefaultServiceAccount},
+		// After the node: its helper pods make and remove the volumes' directories there.
+		&storageProvisioner{},
 	}
 }
 

@@ -33,7 +33,7 @@ func TestComponentsCarryTheFlagsTheMachineNeeds(t *testing.T) {
 			controllers = c
 		}
 	}
-	for _, c := range []string{"garbage-collector-controller", "node-lifecycle-controller", "serviceaccount-token-controller", "resourcequota-controller"} {
+	for _, c := range []string{"garbage-collector-controller", "node-lifecycle-controller", "serviceaccount-token-controller", "resourcequota-controller", "persistentvolume-binder-controller"} {
 		if !slices.Contains(strings.Split(controllers, ","), c) {
 			t.Errorf("controller-manager does not run %s: %q", c, controllers)
 		}

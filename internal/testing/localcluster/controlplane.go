@@ -150,7 +150,8 @@ var insecureHTTP = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls
 // controllerManager is kube-controller-manager with the controllers the tests rely on: garbage
 // collection of owned pods, node lifecycle (it lifts the not-ready taint), service-account
 // tokens, the workload controllers buildx's kubernetes driver uses, and ResourceQuota usage
-// (quota admission refuses every pod while a quota's status is not computed).
+// (quota admission refuses every pod while a quota's status is not computed), and the volume
+// controllers that bind claims to the volumes the storage provisioner makes.
 type controllerManager struct {
 	loopbackDaemon
 	saKey, rootCA string
@@ -167,7 +168,8 @@ func (c *controllerManager) args() []string {
 	return append(c.commonArgs(),
 		"--controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,"+
 			"node-lifecycle-controller,root-ca-certificate-publisher-controller,deployment-controller,replicaset-controller,"+
-			"pod-garbage-collector-controller,ttl-after-finished-controller,job-controller,cronjob-controller,resourcequota-controller",
+			"pod-garbage-collector-controller,ttl-after-finished-controller,job-controller,cronjob-controller,resourcequota-controller,"+
+			"persistentvolume-binder-controller,persistentvolume-protection-controller,persistentvolumeclaim-protection-controller",
 		"--service-account-private-key-file="+c.saKey,
 		"--root-ca-file="+c.rootCA,
 		"--use-service-account-credentials=true",
