@@ -35,7 +35,9 @@ func TestIntegrationPolicyRefusesPastTheTemplate(t *testing.T) {
 	ns := c.CreateNamespace(ctx, t, "tmpl")
 	c.ApplyShippedRBAC(ctx, t, ns, "runner", "../../deploy/rbac.yaml")
 	runnerPod := c.CreateRunnerPod(ctx, t, ns, "runner-pod", "runner")
-	saConfig, err := c.ServiceAccountConfig(ctx, ns, "runner")
+	// A token bound to the runner pod, as the kubelet mounts it: the policy's job isolation lets
+	// only such a token create builders its pod owns.
+	saConfig, err := c.PodServiceAccountConfig(ctx, runnerPod)
 	if err != nil {
 		t.Fatal(err)
 	}
