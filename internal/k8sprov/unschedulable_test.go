@@ -82,3 +82,35 @@ func TestUnschedulableNamesSelectorPlatformAndNodes(t *testing.T) {
 		})
 	}
 }
+
+// A cache volume's claim created a moment ago is "not found" to the scheduler until its cache
+// has it: that is a wait (bounded by the cache volume's attach timeout), not a diagnosis. The same
+// message for a pod that mounts no claim is diagnosed as before.
+func TestUnschedulableForAClaimIsAWait(t *testing.T) {
+	s390x, _ := platform.Parse("linux/s390x")
+	for _, msg := range []string{
+		`0/1 nodes are available: persistentvolumeclaim "buildkit-cache-8fc03dab5466e5bbd8ae-0" not found. not found`,
+		"0/1 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/1 nodes are available: 1 Preemption is not helpful for scheduling.",
+	} {
+		p := &Provisioner{Client: fake.NewClientset()}
+		pod := unschedulablePod(nil, "")
+		pod.Status.Conditions[0].Message = msg
+		if berr := p.diagnose(context.Background(), pod, &Builder{Platform: s390x, Pod: pod.Name}, false); berr == nil || berr.Reason != "Unschedulable" {
+			t.Errorf("no claim mounted, %q: diagnosis %v, want Unschedulable", msg, berr)
+		}
+		pod.Spec.Volumes = []corev1.Volume{{Name: "cache", VolumeSource: corev1.VolumeSource{
+			PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: "buildkit-cache-8fc03dab5466e5bbd8ae-0"}}}}
+		if berr := p.diagnose(context.Background(), pod, &Builder{Platform: s390x, Pod: pod.Name}, false); berr != nil {
+			t.Errorf("claim mounted, %q: diagnosis %v, want a wait", msg, berr)
+		}
+		// Once the volume controller has given up on the claim, waiting is pointless.
+		failed := &corev1.Event{ObjectMeta: metav1.ObjectMeta{Name: "claim.1", Namespace: "ci"}, Reason: "ProvisioningFailed",
+			InvolvedObject: corev1.ObjectReference{Kind: "PersistentVolumeClaim", Name: "buildkit-cache-8fc03dab5466e5bbd8ae-0"},
+			Message:        `storageclass.storage.k8s.io "no-such-class" not found`}
+		p.Client = fake.NewClientset(failed)
+		berr := p.diagnose(context.Background(), pod, &Builder{Platform: s390x, Pod: pod.Name}, false)
+		if berr == nil || berr.Reason != "Unschedulable" || !strings.Contains(berr.Message, `claim buildkit-cache-8fc03dab5466e5bbd8ae-0: storageclass.storage.k8s.io "no-such-class" not found`) {
+			t.Errorf("claim failed to provision, %q: diagnosis %v, want Unschedulable naming the claim's failure", msg, berr)
+		}
+	}
+}

@@ -361,6 +361,36 @@ func (p *Provisioner) observeTimes(b *Builder, pod *corev1.Pod) {
 	}
 }
 
+// waitingForClaim says whether the scheduler refused pod only for a claim it mounts: a cache
+// volume created a moment ago is "not found" until the scheduler's cache has it, and one waiting
+// for its volume is unbound. The scheduler tries again by itself; the cache volume's attach
+// bound, not this diagnosis, ends a wait that lasts.
+func waitingForClaim(pod *corev1.Pod, schedulerMsg string) bool {
+	if !strings.Contains(strings.ToLower(schedulerMsg), "persistentvolumeclaim") {
+		return false
+	}
+	return slices.ContainsFunc(pod.Spec.Volumes, func(v corev1.Volume) bool { return v.PersistentVolumeClaim != nil })
+}
+
+// claimProvisioningFailed returns why provisioning a claim pod mounts failed (the volume
+// controller's ProvisioningFailed event, e.g. a StorageClass that does not exist), or "" while
+// none has: such a claim never binds, and waiting for it would only delay the cold builder.
+func (p *Provisioner) claimProvisioningFailed(ctx context.Context, pod *corev1.Pod) string {
+	for _, v := range pod.Spec.Volumes {
+		if v.PersistentVolumeClaim == nil {
+			continue
+		}
+		selector := fields.Set{"involvedObject.kind": "PersistentVolumeClaim", "involvedObject.name": v.PersistentVolumeClaim.ClaimName,
+			"reason": "ProvisioningFailed"}.AsSelector().String()
+		events, err := p.Client.CoreV1().Events(pod.Namespace).List(ctx, metav1.ListOptions{FieldSelector: selector})
+		if err != nil || len(events.Items) == 0 {
+			continue
+		}
+		return fmt.Sprintf("claim %s: %s", v.PersistentVolumeClaim.ClaimName, events.Items[len(events.Items)-1].Message)
+	}
+	return ""
+}
+
 func containerStarted(pod *corev1.Pod) bool {
 	for _, cs := range pod.Status.ContainerStatuses {
 		if cs.Name == ContainerName && cs.State.Running != nil {
@@ -377,7 +407,12 @@ func (p *Provisioner) diagnose(ctx context.Context, pod *corev1.Pod, b *Builder,
 	}
 	for _, cond := range pod.Status.Conditions {
 		if cond.Type == corev1.PodScheduled && cond.Status == corev1.ConditionFalse && cond.Reason == corev1.PodReasonUnschedulable && !scalingUp {
-			return berr("Unschedulable", p.explainUnschedulable(ctx, pod, b.Platform, cond.Message))
+			if !waitingForClaim(pod, cond.Message) {
+				return berr("Unschedulable", p.explainUnschedulable(ctx, pod, b.Platform, cond.Message))
+			}
+			if why := p.claimProvisioningFailed(ctx, pod); why != "" {
+				return berr("Unschedulable", strings.TrimSuffix(strings.TrimSpace(cond.Message), ".")+"; "+why)
+			}
 		}
 	}
 	for _, cs := range pod.Status.ContainerStatuses {
