@@ -99,6 +99,10 @@ const (
 	LabelCacheTrust = reservedPrefix + "cache-trust"
 	// AnnotationCacheHolder names the builder pod using the slot (CacheHolder as JSON).
 	AnnotationCacheHolder = reservedPrefix + "cache-holder"
+	// AnnotationCacheHolderOwner is the UID of the runner pod that owns the holder, or
+	// CacheHolderOwnerNone: the admission policy reads it (it cannot parse the holder's JSON) to
+	// let a job mark slots as held by its own builders only.
+	AnnotationCacheHolderOwner = reservedPrefix + "cache-holder-owner"
 	// AnnotationCacheLastUsed is when a builder last claimed the slot, for the janitor.
 	AnnotationCacheLastUsed = reservedPrefix + "cache-last-used"
 	// AnnotationCacheKey is the lineage in words: key, platform and trust.
@@ -246,6 +250,17 @@ func LineageSelector(lineage string) string {
 	return ManagedSelector() + "," + LabelCacheLineage + "=" + lineage
 }
 
+// CacheHolderOwnerNone is AnnotationCacheHolderOwner for builders without an owner (owner-pod: none).
+const CacheHolderOwnerNone = "none"
+
+// holderOwner is AnnotationCacheHolderOwner for p's builders.
+func (p Plan) holderOwner() string {
+	if p.Owner == nil {
+		return CacheHolderOwnerNone
+	}
+	return string(p.Owner.UID)
+}
+
 // CacheHolder is who uses a slot: the builder pod's name and, once it exists, its UID. Since is
 // when the claim was made: a claim without UID holds the slot only for cacheClaimGrace.
 type CacheHolder struct {
@@ -361,10 +376,11 @@ func RenderCacheVolume(p Plan, pl platform.Platform, lineage string, slot int, n
 	labels[LabelCacheSlot] = strconv.Itoa(slot)
 	labels[LabelCacheTrust] = trustOf(p.Options.Job)
 	annotations := map[string]string{
-		AnnotationCacheKey:      c.lineageText(p.Options.Job, pl),
-		AnnotationCacheHolder:   CacheHolder{Pod: p.PodName(pl), Since: now.UTC().Truncate(time.Second)}.String(),
-		AnnotationCacheLastUsed: now.UTC().Format(time.RFC3339),
-		AnnotationPlatform:      pl.String(),
+		AnnotationCacheKey:         c.lineageText(p.Options.Job, pl),
+		AnnotationCacheHolder:      CacheHolder{Pod: p.PodName(pl), Since: now.UTC().Truncate(time.Second)}.String(),
+		AnnotationCacheHolderOwner: p.holderOwner(),
+		AnnotationCacheLastUsed:    now.UTC().Format(time.RFC3339),
+		AnnotationPlatform:         pl.String(),
 	}
 	var class *string
 	if c.StorageClass != "" {
