@@ -187,16 +187,14 @@ func (s CacheSettings) validate(job cijob.Identity) error {
 	if len(s.Key) > maxCacheKeyLength || strings.ContainsFunc(s.Key, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		errs = append(errs, &InputError{Input: InputCacheKey, Value: s.Key, Err: errors.New("too long or not printable"), Accepted: AcceptedCacheKey})
 	}
-	if s.Size.Cmp(minCacheSize) < 0 || s.Size.Cmp(maxCacheSize) > 0 {
-		errs = append(errs, &InputError{Input: InputCacheSize, Value: s.Size.String(), Err: errors.New("out of range"), Accepted: AcceptedCacheSize})
+	if err := ValidateCacheSize(s.Size); err != nil {
+		errs = append(errs, &InputError{Input: InputCacheSize, Value: s.Size.String(), Err: err, Accepted: AcceptedCacheSize})
 	}
-	if s.StorageClass != "" {
-		if msgs := validation.IsDNS1123Subdomain(s.StorageClass); len(msgs) > 0 {
-			errs = append(errs, &InputError{Input: InputCacheStorageClass, Value: s.StorageClass, Err: errors.New(strings.Join(msgs, "; ")), Accepted: AcceptedStorageClass})
-		}
+	if err := ValidateStorageClass(s.StorageClass); err != nil {
+		errs = append(errs, &InputError{Input: InputCacheStorageClass, Value: s.StorageClass, Err: err, Accepted: AcceptedStorageClass})
 	}
-	if s.MaxSlots < 1 || s.MaxSlots > maxCacheMaxSlots {
-		errs = append(errs, &InputError{Input: InputCacheMaxSlots, Value: strconv.Itoa(s.MaxSlots), Err: errors.New("out of range"), Accepted: AcceptedCacheMaxSlots})
+	if err := ValidateCacheMaxSlots(s.MaxSlots); err != nil {
+		errs = append(errs, &InputError{Input: InputCacheMaxSlots, Value: strconv.Itoa(s.MaxSlots), Err: err, Accepted: AcceptedCacheMaxSlots})
 	}
 	if s.Mode == CacheVolume && s.Key == "" && job.RepositoryID == "" && job.Repository == "" {
 		errs = append(errs, &InputError{Input: InputCacheKey, Value: "", Err: errors.New("empty, and the job names no repository to default to"), Accepted: AcceptedCacheKey})
@@ -205,6 +203,37 @@ func (s CacheSettings) validate(job cijob.Identity) error {
 		errs = append(errs, errors.New("cache attach timeout is negative"))
 	}
 	return errors.Join(errs...)
+}
+
+// MaxCacheSize is the largest cache-size the product accepts, the admission policy's default
+// maxCacheSize.
+func MaxCacheSize() resource.Quantity { return maxCacheSize.DeepCopy() }
+
+// ValidateCacheSize checks a cache volume's size against the product's bounds (AcceptedCacheSize).
+func ValidateCacheSize(q resource.Quantity) error {
+	if q.Cmp(minCacheSize) < 0 || q.Cmp(maxCacheSize) > 0 {
+		return errors.New("out of range")
+	}
+	return nil
+}
+
+// ValidateStorageClass checks a StorageClass name; empty is the cluster's default class.
+func ValidateStorageClass(name string) error {
+	if name == "" {
+		return nil
+	}
+	if msgs := validation.IsDNS1123Subdomain(name); len(msgs) > 0 {
+		return errors.New(strings.Join(msgs, "; "))
+	}
+	return nil
+}
+
+// ValidateCacheMaxSlots checks cache-max-slots against the product's bounds (AcceptedCacheMaxSlots).
+func ValidateCacheMaxSlots(n int) error {
+	if n < 1 || n > maxCacheMaxSlots {
+		return errors.New("out of range")
+	}
+	return nil
 }
 
 // lineageText is a lineage in words: trust, the repository (its numeric id where the CI system
