@@ -60,6 +60,9 @@ func TestIntegrationJanitorCronJob(t *testing.T) {
 	// Two jobs' builders, owned by a live runner pod: "expired" is then put past its deadline,
 	// as max-lifetime would leave it (its shortest, a minute, is longer than this test wants).
 	w := newFaultWorldIn(ctx, t, c, ns)
+	// The job's token is bound to its runner pod, as the kubelet mounts it (the policy deploy/
+	// installs refuses owned builders to a token bound to no pod).
+	c.WritePodServiceAccountKubeconfig(ctx, t, w.runner, w.kubeconfig)
 	for _, job := range []string{"expired", "live"} {
 		w.mustUp(ctx, t, filepath.Join(w.dir, "state-"+job), job)
 	}

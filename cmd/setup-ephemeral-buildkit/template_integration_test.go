@@ -32,6 +32,9 @@ func TestIntegrationClusterTemplate(t *testing.T) {
 	defer cancel()
 	c := localcluster.ForTest(t)
 	w := newFaultWorld(ctx, t, c)
+	// The job's token is bound to its runner pod, as the kubelet mounts it: the admission policy
+	// the test applies lets such a token alone create builders its pod owns.
+	c.WritePodServiceAccountKubeconfig(ctx, t, w.runner, w.kubeconfig)
 
 	nodeLabel := func(arch string) string {
 		key, value, _ := strings.Cut(c.Info.ArchNodeLabels[arch], "=")
