@@ -338,9 +338,9 @@ var everyValue = []string{
 	`runners.namespaces=["ci-a","ci-b"]`,
 	`runners.serviceAccounts=["runner","gitlab-job"]`,
 	`image={"repository":"10.213.0.1:5000/platform/setup-ephemeral-buildkit","tag":"v1.2.3","pullPolicy":"Always"}`,
-	`admissionPolicy={"enabled":true,"validationActions":["Warn","Audit"],"images":["registry.example/mirror/buildkit:*"],"allowPrivileged":false,"namespaceSelector":{"matchLabels":{"ci":"true"}}}`,
+	`admissionPolicy={"enabled":true,"validationActions":["Warn","Audit"],"images":["registry.example/mirror/buildkit:*"],"allowPrivileged":false,"maxCacheSize":"50Gi","namespaceSelector":{"matchLabels":{"ci":"true"}}}`,
 	`clusterTemplate={"name":"builders","template":"apiVersion: setup-ephemeral-buildkit.io/v1alpha1\nkind: ClusterTemplate\nmode: rootless\n"}`,
-	`janitor={"enabled":true,"schedule":"*/5 * * * *","dryRun":true,"extraArgs":["--kubeconfig=/k"],"tokenSecret":"tokens","githubApiUrl":"https://ghe.example/api/v3","gitlabUrl":"https://gitlab.example","jobStatusTimeout":"5s","resources":{"requests":{"cpu":"50m"}}}`,
+	`janitor={"enabled":true,"schedule":"*/5 * * * *","dryRun":true,"cache":{"maxUnused":"72h","maxCount":40,"maxSize":"1Ti"},"extraArgs":["--kubeconfig=/k"],"tokenSecret":"tokens","githubApiUrl":"https://ghe.example/api/v3","gitlabUrl":"https://gitlab.example","jobStatusTimeout":"5s","resources":{"requests":{"cpu":"50m"}}}`,
 }
 
 // find returns the object of kind and name in namespace ns ("" for cluster-scoped).
@@ -420,7 +420,7 @@ func TestChartValues(t *testing.T) {
 			"schedule":   {jsonOf(field(cron, "spec", "schedule")), `"*/5 * * * *"`},
 			"image":      {jsonOf(field(container, "image")), `"10.213.0.1:5000/platform/setup-ephemeral-buildkit:v1.2.3"`},
 			"pullPolicy": {jsonOf(field(container, "imagePullPolicy")), `"Always"`},
-			"args":       {jsonOf(field(container, "args")), `["gc","--namespace","$(POD_NAMESPACE)","--dry-run","--kubeconfig=/k"]`},
+			"args":       {jsonOf(field(container, "args")), `["gc","--namespace","$(POD_NAMESPACE)","--dry-run","--cache-max-unused=72h","--cache-max-count=40","--cache-max-size=1Ti","--kubeconfig=/k"]`},
 			"token":      {jsonOf(field(container, "env", 1, "valueFrom", "secretKeyRef", "name")), `"tokens"`},
 			"github":     {jsonOf(field(container, "env", 2, "value")), `"https://ghe.example/api/v3"`},
 			"gitlab":     {jsonOf(field(container, "env", 4, "value")), `"https://gitlab.example"`},
@@ -447,6 +447,9 @@ func TestChartValues(t *testing.T) {
 	}
 	if got := policyVariable(policy, "allowPrivileged"); got != "false" {
 		t.Errorf("policy allowPrivileged = %s, want false", got)
+	}
+	if got, want := policyVariable(policy, "maxCacheSize"), "'50Gi'"; got != want {
+		t.Errorf("policy maxCacheSize = %s, want %s", got, want)
 	}
 	binding := find(t, objects, "ValidatingAdmissionPolicyBinding", "", name)
 	if got, want := jsonOf(field(binding, "spec")), `{"matchResources":{"namespaceSelector":{"matchLabels":{"ci":"true"}}},"policyName":"`+name+`","validationActions":["Warn","Audit"]}`; got != want {
@@ -495,6 +498,11 @@ func TestChartRefusesBadValues(t *testing.T) {
 		{`janitor.schedule="every ten minutes"`, "at '/janitor/schedule'"},
 		{`janitor.jobStatusTimeout="20"`, "at '/janitor/jobStatusTimeout'"},
 		{`janitor.extraArgs=["gc"]`, "at '/janitor/extraArgs/0'"},
+		{`admissionPolicy.maxCacheSize="500G'] + ['x"`, "at '/admissionPolicy/maxCacheSize'"},
+		{`admissionPolicy.maxCacheSize="lots"`, "at '/admissionPolicy/maxCacheSize'"},
+		{`janitor.cache.maxUnused="7d"`, "at '/janitor/cache/maxUnused'"},
+		{`janitor.cache.maxCount=-1`, "at '/janitor/cache/maxCount'"},
+		{`janitor.cache.maxSize="1TB"`, "at '/janitor/cache/maxSize'"},
 	} {
 		out, err := template(t, defaultRelease, "ci", c.set)
 		switch {

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/utils/ptr"
@@ -89,6 +91,29 @@ func TestIntegrationJanitorCronJob(t *testing.T) {
 		}
 	}
 
+	// Two cache volumes no builder holds: one last claimed 8 days ago, past the CronJob's
+	// --cache-max-unused=168h, one an hour ago.
+	cacheVolume := func(lineage string, lastUsed time.Time) string {
+		pvc := &corev1.PersistentVolumeClaim{
+			ObjectMeta: metav1.ObjectMeta{
+				Name: k8sprov.CacheVolumeName(lineage, 0),
+				Labels: map[string]string{k8sprov.LabelManagedBy: k8sprov.ManagedBy, k8sprov.LabelName: k8sprov.NameBuildkit,
+					k8sprov.LabelCacheLineage: lineage, k8sprov.LabelCacheSlot: "0", k8sprov.LabelCacheTrust: "trusted"},
+				Annotations: map[string]string{k8sprov.AnnotationCacheLastUsed: lastUsed.UTC().Format(time.RFC3339)},
+			},
+			Spec: corev1.PersistentVolumeClaimSpec{
+				AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOncePod},
+				Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
+			},
+		}
+		if _, err := admin.CoreV1().PersistentVolumeClaims(ns).Create(ctx, pvc, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		return pvc.Name
+	}
+	staleVolume := cacheVolume("00000000000000000001", time.Now().Add(-8*24*time.Hour))
+	recentVolume := cacheVolume("00000000000000000002", time.Now().Add(-time.Hour))
+
 	started := time.Now()
 	in.run(ctx, t, "kubectl", "-n", ns, "create", "job", "--from=cronjob/"+cronName, "janitor-now")
 	var job *batchv1.Job
@@ -136,6 +161,16 @@ func TestIntegrationJanitorCronJob(t *testing.T) {
 		}
 		if gone := alive == 0 && len(secrets.Items) == 0; gone != tc.wantGone {
 			t.Errorf("after the janitor: job %s has %d live builder pods and %d Secrets; want gone=%v", tc.job, alive, len(secrets.Items), tc.wantGone)
+		}
+	}
+	for name, wantGone := range map[string]bool{staleVolume: true, recentVolume: false} {
+		pvc, err := admin.CoreV1().PersistentVolumeClaims(ns).Get(ctx, name, metav1.GetOptions{})
+		gone := apierrors.IsNotFound(err) || err == nil && pvc.DeletionTimestamp != nil
+		if err != nil && !apierrors.IsNotFound(err) {
+			t.Fatal(err)
+		}
+		if gone != wantGone || !strings.Contains(log, name) {
+			t.Errorf("after the janitor: cache volume %s gone=%v, want %v (named in its log: %v)", name, gone, wantGone, strings.Contains(log, name))
 		}
 	}
 	// The live job ends as jobs do.

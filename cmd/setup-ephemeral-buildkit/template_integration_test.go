@@ -23,7 +23,8 @@ import (
 // real ConfigMap (both platforms start and answer), inputs past it are refused before anything is
 // created, the policy the binary generates from the same template makes the API server refuse a
 // job whose client did not apply the template, and a malformed template fails the job naming the
-// line.
+// line. Its cache settings too: a cache-size past it is refused, and a job that turns the cache
+// on gets the template's size on both platforms, under the generated policy.
 func TestIntegrationClusterTemplate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
@@ -56,7 +57,8 @@ platforms:
     nodeSelector: ` + nodeLabel("amd64") + `
   linux/arm64:
     nodeSelector: ` + nodeLabel("arm64") + `
-jobInputs: [node-selector, limits, max-lifetime]
+cache: {size: {default: 1Gi, maximum: 2Gi}, maxSlots: 1}
+jobInputs: [node-selector, limits, max-lifetime, cache]
 `
 	templateFile := filepath.Join(w.dir, "template.yaml")
 	if err := os.WriteFile(templateFile, []byte(template), 0o644); err != nil {
@@ -135,7 +137,7 @@ jobInputs: [node-selector, limits, max-lifetime]
 	}
 
 	// Inputs past the template: refused before anything is created, every one named.
-	r = up("past", "--limits", "memory=2Gi", "--max-lifetime", "3h", "--image", "registry.example/other/buildkit:v1")
+	r = up("past", "--limits", "memory=2Gi", "--max-lifetime", "3h", "--image", "registry.example/other/buildkit:v1", "--cache-size", "5Gi")
 	if r.code() == 0 {
 		t.Fatalf("up past the template succeeded:\n%s", r.out.String())
 	}
@@ -143,6 +145,7 @@ jobInputs: [node-selector, limits, max-lifetime]
 		`input "limits": "memory=2Gi": above the maximum memory=1Gi of cluster template ` + source + ` (resources.maximum)`,
 		`input "max-lifetime": "3h": above the maximum 1h0m0s of cluster template ` + source,
 		`input "image": "registry.example/other/buildkit:v1": cluster template ` + source + ` does not let jobs set image`,
+		`input "cache-size": "5Gi": cluster template ` + source + ` does not let jobs set cache-size`,
 	} {
 		if !strings.Contains(r.out.String(), want) {
 			t.Errorf("up's refusal lacks %q:\n%s", want, r.out.String())
@@ -195,6 +198,33 @@ jobInputs: [node-selector, limits, max-lifetime]
 	}
 	if _, err := w.admin.RbacV1().Roles(w.ns).Update(ctx, restoreConfigMapRule(role), metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
+	}
+
+	// A job that turns the cache on, under the generated policy: the template's size and slots on
+	// both platforms' volumes, no cold fallback.
+	r = up("cached", "--cache", "volume")
+	if r.code() != 0 || strings.Contains(r.out.String(), "cold builder") {
+		t.Fatalf("up with cache volumes under the template and its policy exited %d:\n%s", r.code(), r.out.String())
+	}
+	claims, err := w.admin.CoreV1().PersistentVolumeClaims(w.ns).List(ctx, metav1.ListOptions{LabelSelector: k8sprov.CacheSelector()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(claims.Items) != 2 {
+		t.Errorf("%d cache volumes, want one per platform", len(claims.Items))
+	}
+	for _, pvc := range claims.Items {
+		if size := pvc.Spec.Resources.Requests[corev1.ResourceStorage]; size.String() != "1Gi" || pvc.Labels[k8sprov.LabelCacheSlot] != "0" {
+			t.Errorf("cache volume %s: %s, slot %s; want the template's 1Gi, slot 0", pvc.Name, size.String(), pvc.Labels[k8sprov.LabelCacheSlot])
+		}
+	}
+	if d := w.down(ctx, t, filepath.Join(w.dir, "cached")); d.code() != 0 {
+		t.Fatalf("down exited %d:\n%s", d.code(), d.out.String())
+	}
+	for gone := time.Now().Add(time.Minute); len(builderPods()) > 0; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(gone) {
+			t.Fatalf("the builders of the cached job are still there a minute after down")
+		}
 	}
 
 	// A malformed template fails every job, naming the line, before any pod is created.

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
 	"github.com/org/setup-ephemeral-buildkit/internal/platform"
@@ -143,6 +144,8 @@ func (t *Template) Apply(in k8sprov.Inputs, opts k8sprov.Options) (k8sprov.Optio
 		}
 	}
 
+	opts.Cache = t.cache(in, opts.Cache, given, refuse)
+
 	opts.Pod = k8sprov.PodSettings{ImagePullPolicy: t.ImagePullPolicy, Debug: t.Debug, Env: slices.Clone(t.Env), Scheduling: slices.Clone(t.Scheduling)}
 	if len(errs) == 0 {
 		if err := opts.Validate(); err != nil {
@@ -197,6 +200,63 @@ func (t *Template) resources(in k8sprov.Inputs, job corev1.ResourceRequirements,
 			out.Limits = corev1.ResourceList{}
 		}
 		out.Limits[name] = t.MaximumResources[name].DeepCopy()
+	}
+	return out
+}
+
+// MaxCacheSize is the largest cache volume the template allows: its maximum, else the product's.
+func (t *Template) MaxCacheSize() resource.Quantity {
+	if !t.Cache.MaximumSize.IsZero() {
+		return t.Cache.MaximumSize.DeepCopy()
+	}
+	return k8sprov.MaxCacheSize()
+}
+
+// cache applies the template's cache settings: the job's cache, cache-key, cache-size,
+// cache-storage-class and cache-max-slots where the template lets jobs set them and within its
+// maximums, the template's (or the product's) values otherwise.
+func (t *Template) cache(in k8sprov.Inputs, job k8sprov.CacheSettings, given func(string, string) bool,
+	refuse func(input, value string, err error, accepted string)) k8sprov.CacheSettings {
+	c := t.Cache
+	out := job
+	if !given(k8sprov.InputCache, in.Cache) {
+		out.Mode = c.Mode
+		if out.Mode == "" {
+			out.Mode = k8sprov.CacheOff
+		}
+	}
+	if !given(k8sprov.InputCacheKey, in.CacheKey) {
+		out.Key = ""
+	}
+	if !given(k8sprov.InputCacheStorageClass, in.CacheStorageClass) {
+		out.StorageClass = c.StorageClass
+	}
+	max := t.MaxCacheSize()
+	if given(k8sprov.InputCacheSize, in.CacheSize) {
+		if !c.MaximumSize.IsZero() && job.Size.Cmp(c.MaximumSize) > 0 {
+			refuse(k8sprov.InputCacheSize, in.CacheSize, fmt.Errorf("above the maximum %s of cluster template %s (cache.size.maximum)", max.String(), t.Source),
+				"at most "+max.String())
+		}
+	} else {
+		out.Size = k8sprov.DefaultCacheSize.DeepCopy()
+		if !c.DefaultSize.IsZero() {
+			out.Size = c.DefaultSize.DeepCopy()
+		}
+		if out.Size.Cmp(max) > 0 {
+			out.Size = max
+		}
+	}
+	slots := c.MaxSlots
+	if given(k8sprov.InputCacheMaxSlots, in.CacheMaxSlots) {
+		if slots > 0 && job.MaxSlots > slots {
+			refuse(k8sprov.InputCacheMaxSlots, in.CacheMaxSlots, fmt.Errorf("above the maximum %d of cluster template %s (cache.maxSlots)", slots, t.Source),
+				fmt.Sprintf("at most %d", slots))
+		}
+	} else {
+		out.MaxSlots = k8sprov.DefaultCacheMaxSlots
+		if slots > 0 {
+			out.MaxSlots = slots
+		}
 	}
 	return out
 }

@@ -33,6 +33,11 @@
 //	    affinity: {...}                        # Kubernetes' own types, as in a pod spec
 //	    priorityClassName: ci-builds
 //	    topologySpreadConstraints: [...]
+//	cache:                                     # cache volumes (cache: volume)
+//	  mode: "off"                              # the cache input's default: off or volume
+//	  storageClass: standard-rwo               # the volumes' StorageClass; empty: the cluster's default
+//	  size: {default: 20Gi, maximum: 100Gi}    # cache-size; the maximum is the policy's maxCacheSize
+//	  maxSlots: 4                              # cache-max-slots' default and maximum
 //	jobInputs: [requests, limits]              # the governed inputs jobs may set (GovernedInputs);
 //	                                           # absent: all of them; platforms, labels, timeout, ... stay the job's
 //

@@ -23,7 +23,7 @@ import (
 // TestIntegrationPolicyRefusesPastTheTemplate proves the generated policy holds the template's
 // limits in the API server: builders as a job renders them under the template are admitted for
 // both platforms, and builders of a job that edited its inputs past the template (or dropped it)
-// are refused, each naming the limit.
+// are refused, each naming the limit; the same for its cache volumes (size and slots).
 func TestIntegrationPolicyRefusesPastTheTemplate(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
@@ -35,8 +35,8 @@ func TestIntegrationPolicyRefusesPastTheTemplate(t *testing.T) {
 	ns := c.CreateNamespace(ctx, t, "tmpl")
 	c.ApplyShippedRBAC(ctx, t, ns, "runner", "../../deploy/rbac.yaml")
 	runnerPod := c.CreateRunnerPod(ctx, t, ns, "runner-pod", "runner")
-	// A token bound to the runner pod, as the kubelet mounts it: the policy's job isolation lets
-	// only such a token create builders its pod owns.
+	// The token the kubelet mounts into the runner pod, bound to it: the policy lets it create
+	// builders (and claim cache volumes) owned by that pod.
 	saConfig, err := c.PodServiceAccountConfig(ctx, runnerPod)
 	if err != nil {
 		t.Fatal(err)
@@ -65,7 +65,8 @@ platforms:
     nodeSelector: {node.example.com/pool: arm64}
     tolerations: [{key: arch, operator: Equal, value: arm64, effect: NoSchedule}]
     priorityClassName: `+priorityClass+`
-jobInputs: [requests, limits, max-lifetime]
+cache: {size: {default: 2Gi, maximum: 5Gi}, maxSlots: 2}
+jobInputs: [requests, limits, max-lifetime, cache, cache-size]
 `), ns+"/setup-ephemeral-buildkit")
 	if err != nil {
 		t.Fatal(err)
@@ -77,7 +78,7 @@ jobInputs: [requests, limits, max-lifetime]
 	c.ApplyAdmissionPolicyIn(ctx, t, ns, manifest)
 
 	owner := &k8sprov.RunnerPod{Name: runnerPod.Name, Namespace: ns, UID: types.UID(runnerPod.UID)}
-	render := func(jobID string, in k8sprov.Inputs, underTemplate bool) []*corev1.Pod {
+	plan := func(jobID string, in k8sprov.Inputs, underTemplate bool) k8sprov.Plan {
 		t.Helper()
 		in.Platforms = "linux/amd64,linux/arm64"
 		opts, err := k8sprov.ParseOptions(testJob, in)
@@ -94,6 +95,11 @@ jobInputs: [requests, limits, max-lifetime]
 		if err != nil {
 			t.Fatal(err)
 		}
+		return plan
+	}
+	render := func(jobID string, in k8sprov.Inputs, underTemplate bool) []*corev1.Pod {
+		t.Helper()
+		plan := plan(jobID, in, underTemplate)
 		var pods []*corev1.Pod
 		for _, pl := range plan.Platforms {
 			pod, err := k8sprov.RenderPod(plan, pl)
@@ -176,6 +182,47 @@ jobInputs: [requests, limits, max-lifetime]
 			t.Errorf("%s: admitted", tc.name)
 		case !strings.Contains(err.Error(), tc.want):
 			t.Errorf("%s: refusal lacks %q: %v", tc.name, tc.want, err)
+		default:
+			t.Logf("%s: refused: %v", tc.name, err)
+		}
+	}
+
+	// Cache volumes: the template's size and slots, client-side and in the API server.
+	amd := platform.MustParse("linux/amd64")
+	claim := func(p k8sprov.Plan, slot int) *corev1.PersistentVolumeClaim {
+		return k8sprov.RenderCacheVolume(p, amd, p.Options.Cache.Lineage(p.Options.Job, amd), slot, time.Now())
+	}
+	inherited := plan("cache", k8sprov.Inputs{Cache: "volume"}, true)
+	if got := inherited.Options.Cache; got.Size.String() != "2Gi" || got.MaxSlots != 2 {
+		t.Errorf("cache settings under the template: %+v, want 2Gi and 2 slots", got)
+	}
+	if _, err := runner.CoreV1().PersistentVolumeClaims(ns).Create(ctx, claim(inherited, 1), dryRun); err != nil {
+		t.Errorf("a cache volume within the template refused: %v", err)
+	}
+	in := k8sprov.Inputs{Platforms: "linux/amd64", Cache: "volume", CacheSize: "10Gi", CacheMaxSlots: "8"}
+	opts, err := k8sprov.ParseOptions(testJob, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = tmpl.Apply(in, opts)
+	if err == nil || !strings.Contains(err.Error(), `input "cache-size": "10Gi": above the maximum 5Gi of cluster template `+ns+`/setup-ephemeral-buildkit (cache.size.maximum)`) {
+		t.Errorf("cache-size past the template, client-side: %v", err)
+	}
+	edited := plan("cache-past", k8sprov.Inputs{Cache: "volume", CacheSize: "10Gi", CacheMaxSlots: "8"}, false)
+	for _, tc := range []struct {
+		name  string
+		claim *corev1.PersistentVolumeClaim
+		want  string
+	}{
+		{"a cache volume past the size maximum", claim(edited, 0), "a storage request of 10Gi above the maximum 5Gi"},
+		{"a cache volume past the slots", claim(inherited, 2), "a slot past the cache.maxSlots maximum 2"},
+	} {
+		_, err := runner.CoreV1().PersistentVolumeClaims(ns).Create(ctx, tc.claim, dryRun)
+		switch {
+		case err == nil:
+			t.Errorf("%s: admitted", tc.name)
+		case !apierrors.IsInvalid(err) || !strings.Contains(err.Error(), tc.want):
+			t.Errorf("%s: %v, want a refusal saying %q", tc.name, err, tc.want)
 		default:
 			t.Logf("%s: refused: %v", tc.name, err)
 		}

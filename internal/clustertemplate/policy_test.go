@@ -54,11 +54,11 @@ func TestPolicyWithoutTemplateIsTheShippedOne(t *testing.T) {
 	wantPolicy, wantBinding := policyObjects(t, deploy.AdmissionPolicy)
 	gotPolicy, gotBinding := policyObjects(t, generated)
 	vars := gotPolicy.Spec.Variables
-	if len(vars) != len(wantPolicy.Spec.Variables)+2 || vars[len(vars)-1].Name != "templateProblems" {
+	if len(vars) != len(wantPolicy.Spec.Variables)+3 || vars[len(vars)-2].Name != "templateProblems" || vars[len(vars)-1].Name != "templateClaimProblems" {
 		t.Fatalf("variables: %d, last %q", len(vars), vars[len(vars)-1].Name)
 	}
-	gotPolicy.Spec.Variables = vars[:len(vars)-2]
-	gotPolicy.Spec.Validations = gotPolicy.Spec.Validations[:len(gotPolicy.Spec.Validations)-1]
+	gotPolicy.Spec.Variables = vars[:len(vars)-3]
+	gotPolicy.Spec.Validations = gotPolicy.Spec.Validations[:len(gotPolicy.Spec.Validations)-2]
 	if !reflect.DeepEqual(gotPolicy, wantPolicy) || !reflect.DeepEqual(gotBinding, wantBinding) {
 		t.Errorf("an empty template changed the shipped policy:\n%s", generated)
 	}
@@ -92,6 +92,7 @@ func TestPolicyCarriesTheTemplate(t *testing.T) {
 		"images":          "['docker.io/moby/buildkit:v0.34.2']",
 		"allowPrivileged": "true",
 		"environment":     "{'OTEL_EXPORTER_OTLP_ENDPOINT': 'http://collector:4317'}",
+		"maxCacheSize":    "'100Gi'",
 	} {
 		if got := variable(name); got != want {
 			t.Errorf("variable %s = %s, want %s", name, got, want)
@@ -111,9 +112,22 @@ func TestPolicyCarriesTheTemplate(t *testing.T) {
 			t.Errorf("templateProblems lacks %q:\n%s", want, problems)
 		}
 	}
-	last := policy.Spec.Validations[len(policy.Spec.Validations)-1]
-	if last.Expression != "variables.templateProblems.size() == 0" || !strings.Contains(last.MessageExpression, "cluster template ci/setup-ephemeral-buildkit") {
-		t.Errorf("last validation %+v", last)
+	// Cache volumes: the slots and the StorageClass (jobs may not choose one).
+	claimProblems := variable("templateClaimProblems")
+	for _, want := range []string{
+		"int(object.metadata.labels['setup-ephemeral-buildkit.io/cache-slot']) < 4",
+		"(has(object.spec.storageClassName) ? object.spec.storageClassName : '') == 'standard-rwo'",
+	} {
+		if !strings.Contains(claimProblems, want) {
+			t.Errorf("templateClaimProblems lacks %q:\n%s", want, claimProblems)
+		}
+	}
+	validations := policy.Spec.Validations
+	if v := validations[len(validations)-2]; v.Expression != "variables.templateProblems.size() == 0" || !strings.Contains(v.MessageExpression, "cluster template ci/setup-ephemeral-buildkit") {
+		t.Errorf("the pods' template validation %+v", v)
+	}
+	if v := validations[len(validations)-1]; v.Expression != "variables.templateClaimProblems.size() == 0" || !strings.Contains(v.MessageExpression, "may only create cache volumes within the cluster template ci/setup-ephemeral-buildkit") {
+		t.Errorf("the claims' template validation %+v", v)
 	}
 
 	// Rootless only: no privileged builders.

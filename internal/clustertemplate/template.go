@@ -15,6 +15,7 @@ import (
 
 	yaml "go.yaml.in/yaml/v3"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	sjson "sigs.k8s.io/json"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/k8sprov"
@@ -51,6 +52,8 @@ var GovernedInputs = []string{
 	k8sprov.InputImage, k8sprov.InputRequests, k8sprov.InputLimits, k8sprov.InputNodeSelector,
 	k8sprov.InputTolerations, k8sprov.InputBuildkitdFlags, k8sprov.InputBuildkitdConfig,
 	k8sprov.InputRootless, k8sprov.InputMaxLifetime, k8sprov.InputTerminationGracePeriod,
+	k8sprov.InputCache, k8sprov.InputCacheKey, k8sprov.InputCacheSize, k8sprov.InputCacheStorageClass,
+	k8sprov.InputCacheMaxSlots,
 }
 
 // Template is a parsed and checked cluster template. Build it with Parse.
@@ -77,8 +80,21 @@ type Template struct {
 	NodeSelectors          []k8sprov.NodeSelectorRule
 	Tolerations            []k8sprov.TolerationRule
 	Scheduling             []k8sprov.PlatformScheduling
+	Cache                  Cache
 	// JobInputs are the governed inputs jobs may set; nil means all of them.
 	JobInputs []string
+}
+
+// Cache are the template's cache volume settings; zero values mean the product's.
+type Cache struct {
+	// Mode is the cache input's default (off or volume); empty: off.
+	Mode         k8sprov.CacheMode
+	StorageClass string
+	// DefaultSize and MaximumSize bound cache-size; zero: the product's (10Gi; 500Gi).
+	DefaultSize, MaximumSize resource.Quantity
+	// MaxSlots is cache-max-slots' default and maximum; zero: the product's default, 4, and
+	// its maximum.
+	MaxSlots int
 }
 
 // Bounds are a duration's default and maximum; zero means the product's.
@@ -103,7 +119,18 @@ type document struct {
 	MaxLifetime            bounds                      `yaml:"maxLifetime"`
 	TerminationGracePeriod bounds                      `yaml:"terminationGracePeriod"`
 	Platforms              map[string]platformSettings `yaml:"platforms"`
+	Cache                  cacheDoc                    `yaml:"cache"`
 	JobInputs              *[]string                   `yaml:"jobInputs"`
+}
+
+type cacheDoc struct {
+	Mode         string `yaml:"mode"`
+	StorageClass string `yaml:"storageClass"`
+	Size         struct {
+		Default string `yaml:"default"`
+		Maximum string `yaml:"maximum"`
+	} `yaml:"size"`
+	MaxSlots int `yaml:"maxSlots"`
 }
 
 type openTelemetry struct {
@@ -445,6 +472,7 @@ func (p *parser) build(doc document) *Template {
 			}
 		}
 	}
+	t.Cache = p.cache(doc.Cache)
 	t.MaxLifetime = p.bounds(doc.MaxLifetime, "maxLifetime")
 	t.TerminationGracePeriod = p.bounds(doc.TerminationGracePeriod, "terminationGracePeriod")
 
@@ -487,6 +515,48 @@ func (p *parser) build(doc document) *Template {
 		}
 	}
 	return t
+}
+
+func (p *parser) cache(doc cacheDoc) Cache {
+	var c Cache
+	if doc.Mode != "" {
+		mode, err := k8sprov.ParseCacheMode(doc.Mode)
+		if err != nil || string(mode) != doc.Mode {
+			p.add(fmt.Errorf("%q, want %s", doc.Mode, k8sprov.AcceptedCache), "cache", "mode")
+		}
+		c.Mode = mode
+	}
+	c.StorageClass = doc.StorageClass
+	p.add(k8sprov.ValidateStorageClass(doc.StorageClass), "cache", "storageClass")
+	for _, q := range []struct {
+		name string
+		text string
+		into *resource.Quantity
+	}{{"default", doc.Size.Default, &c.DefaultSize}, {"maximum", doc.Size.Maximum, &c.MaximumSize}} {
+		if q.text == "" {
+			continue
+		}
+		v, err := resource.ParseQuantity(q.text)
+		if err == nil {
+			if err = k8sprov.ValidateCacheSize(v); err != nil {
+				err = fmt.Errorf("%s is %v: %s", q.text, err, k8sprov.AcceptedCacheSize)
+			}
+		} else {
+			err = fmt.Errorf("%q is not a quantity: %s", q.text, k8sprov.AcceptedCacheSize)
+		}
+		p.add(err, "cache", "size", q.name)
+		*q.into = v
+	}
+	if !c.DefaultSize.IsZero() && !c.MaximumSize.IsZero() && c.DefaultSize.Cmp(c.MaximumSize) > 0 {
+		p.add(fmt.Errorf("default %s is above the maximum %s", c.DefaultSize.String(), c.MaximumSize.String()), "cache", "size", "default")
+	}
+	if doc.MaxSlots != 0 {
+		if err := k8sprov.ValidateCacheMaxSlots(doc.MaxSlots); err != nil {
+			p.add(fmt.Errorf("%d is %v: %s", doc.MaxSlots, err, k8sprov.AcceptedCacheMaxSlots), "cache", "maxSlots")
+		}
+	}
+	c.MaxSlots = doc.MaxSlots
+	return c
 }
 
 func (p *parser) bounds(b bounds, field string) Bounds {

@@ -124,6 +124,60 @@ func TestApplyRefusesPastTheTemplate(t *testing.T) {
 	}
 }
 
+// Cache settings: jobs inherit the template's, may set only the cache inputs jobInputs lists,
+// and are refused past its maximums, naming the input, the value, the template and the limit.
+func TestApplyCache(t *testing.T) {
+	tmpl, err := Parse(exampleTemplate(t), "ci/setup-ephemeral-buildkit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err := apply(t, tmpl, k8sprov.Inputs{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := opts.Cache; c.Mode != k8sprov.CacheOff || c.StorageClass != "standard-rwo" || c.Size.String() != "20Gi" || c.MaxSlots != 4 {
+		t.Errorf("inherited cache settings %+v, want off, standard-rwo, 20Gi, 4 slots", c)
+	}
+	opts, err = apply(t, tmpl, k8sprov.Inputs{Cache: "volume", CacheKey: "api", CacheSize: "100Gi"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := opts.Cache; c.Mode != k8sprov.CacheVolume || c.Key != "api" || c.Size.String() != "100Gi" || c.StorageClass != "standard-rwo" {
+		t.Errorf("a job's cache inputs within the template: %+v", c)
+	}
+	_, err = apply(t, tmpl, k8sprov.Inputs{Cache: "volume", CacheSize: "200Gi", CacheStorageClass: "fast", CacheMaxSlots: "2"})
+	for _, want := range []string{
+		`input "cache-size": "200Gi": above the maximum 100Gi of cluster template ci/setup-ephemeral-buildkit (cache.size.maximum) (accepted: at most 100Gi)`,
+		`input "cache-storage-class": "fast": cluster template ci/setup-ephemeral-buildkit does not let jobs set cache-storage-class (jobInputs)`,
+		`input "cache-max-slots": "2": cluster template ci/setup-ephemeral-buildkit does not let jobs set cache-max-slots`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+
+	// No jobInputs: every cache input, within the maximums; the slots are a maximum too. A
+	// default above the maximum is capped (the product's 10Gi by a 5Gi maximum).
+	open, err := Parse([]byte("apiVersion: "+APIVersion+"\nkind: "+Kind+"\ncache:\n  mode: volume\n  size: {maximum: 5Gi}\n  maxSlots: 2\n"), "ci/t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts, err = apply(t, open, k8sprov.Inputs{CacheStorageClass: "fast"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := opts.Cache; c.Mode != k8sprov.CacheVolume || c.Size.String() != "5Gi" || c.MaxSlots != 2 || c.StorageClass != "fast" {
+		t.Errorf("open template: %+v, want volume, 5Gi, 2 slots, class fast", c)
+	}
+	_, err = apply(t, open, k8sprov.Inputs{CacheMaxSlots: "3"})
+	if err == nil || !strings.Contains(err.Error(), `input "cache-max-slots": "3": above the maximum 2 of cluster template ci/t (cache.maxSlots) (accepted: at most 2)`) {
+		t.Errorf("slots past the template: %v", err)
+	}
+	if opts, err := apply(t, open, k8sprov.Inputs{Cache: "off"}); err != nil || opts.Cache.Mode != k8sprov.CacheOff {
+		t.Errorf("a job turning the cache off: %+v %v", opts.Cache, err)
+	}
+}
+
 func TestApplyNodeSelectorAndImages(t *testing.T) {
 	tmpl, err := Parse([]byte(`apiVersion: setup-ephemeral-buildkit.io/v1alpha1
 kind: ClusterTemplate
@@ -185,6 +239,11 @@ func TestParseErrorsSayWhere(t *testing.T) {
 		{"two documents", head + "---\n" + head, "more than one YAML document"},
 		{"not YAML", head + "image: [\n", "cluster template ci/t, line 3: did not find expected node content"},
 		{"empty", "", "empty; a template starts with apiVersion"},
+		{"cache mode", head + "cache:\n  mode: always\n", `line 4 (cache.mode): "always", want off or volume`},
+		{"cache size", head + "cache:\n  size: {maximum: 2Ti}\n", "line 4 (cache.size.maximum): 2Ti is out of range: a quantity from 1Gi to 500Gi"},
+		{"cache size bounds", head + "cache:\n  size: {default: 50Gi, maximum: 20Gi}\n", "line 4 (cache.size.default): default 50Gi is above the maximum 20Gi"},
+		{"cache slots", head + "cache:\n  maxSlots: 100\n", "line 4 (cache.maxSlots): 100 is out of range: a whole number from 1 to 64"},
+		{"cache storage class", head + "cache:\n  storageClass: Fast_SSD\n", "line 4 (cache.storageClass)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.doc), "ci/t")

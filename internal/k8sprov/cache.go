@@ -99,6 +99,10 @@ const (
 	LabelCacheTrust = reservedPrefix + "cache-trust"
 	// AnnotationCacheHolder names the builder pod using the slot (CacheHolder as JSON).
 	AnnotationCacheHolder = reservedPrefix + "cache-holder"
+	// AnnotationCacheHolderOwner is the UID of the runner pod that owns the holder, or
+	// CacheHolderOwnerNone: the admission policy reads it (it cannot parse the holder's JSON) to
+	// let a job mark slots as held by its own builders only.
+	AnnotationCacheHolderOwner = reservedPrefix + "cache-holder-owner"
 	// AnnotationCacheLastUsed is when a builder last claimed the slot, for the janitor.
 	AnnotationCacheLastUsed = reservedPrefix + "cache-last-used"
 	// AnnotationCacheKey is the lineage in words: key, platform and trust.
@@ -183,16 +187,14 @@ func (s CacheSettings) validate(job cijob.Identity) error {
 	if len(s.Key) > maxCacheKeyLength || strings.ContainsFunc(s.Key, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
 		errs = append(errs, &InputError{Input: InputCacheKey, Value: s.Key, Err: errors.New("too long or not printable"), Accepted: AcceptedCacheKey})
 	}
-	if s.Size.Cmp(minCacheSize) < 0 || s.Size.Cmp(maxCacheSize) > 0 {
-		errs = append(errs, &InputError{Input: InputCacheSize, Value: s.Size.String(), Err: errors.New("out of range"), Accepted: AcceptedCacheSize})
+	if err := ValidateCacheSize(s.Size); err != nil {
+		errs = append(errs, &InputError{Input: InputCacheSize, Value: s.Size.String(), Err: err, Accepted: AcceptedCacheSize})
 	}
-	if s.StorageClass != "" {
-		if msgs := validation.IsDNS1123Subdomain(s.StorageClass); len(msgs) > 0 {
-			errs = append(errs, &InputError{Input: InputCacheStorageClass, Value: s.StorageClass, Err: errors.New(strings.Join(msgs, "; ")), Accepted: AcceptedStorageClass})
-		}
+	if err := ValidateStorageClass(s.StorageClass); err != nil {
+		errs = append(errs, &InputError{Input: InputCacheStorageClass, Value: s.StorageClass, Err: err, Accepted: AcceptedStorageClass})
 	}
-	if s.MaxSlots < 1 || s.MaxSlots > maxCacheMaxSlots {
-		errs = append(errs, &InputError{Input: InputCacheMaxSlots, Value: strconv.Itoa(s.MaxSlots), Err: errors.New("out of range"), Accepted: AcceptedCacheMaxSlots})
+	if err := ValidateCacheMaxSlots(s.MaxSlots); err != nil {
+		errs = append(errs, &InputError{Input: InputCacheMaxSlots, Value: strconv.Itoa(s.MaxSlots), Err: err, Accepted: AcceptedCacheMaxSlots})
 	}
 	if s.Mode == CacheVolume && s.Key == "" && job.RepositoryID == "" && job.Repository == "" {
 		errs = append(errs, &InputError{Input: InputCacheKey, Value: "", Err: errors.New("empty, and the job names no repository to default to"), Accepted: AcceptedCacheKey})
@@ -201,6 +203,37 @@ func (s CacheSettings) validate(job cijob.Identity) error {
 		errs = append(errs, errors.New("cache attach timeout is negative"))
 	}
 	return errors.Join(errs...)
+}
+
+// MaxCacheSize is the largest cache-size the product accepts, the admission policy's default
+// maxCacheSize.
+func MaxCacheSize() resource.Quantity { return maxCacheSize.DeepCopy() }
+
+// ValidateCacheSize checks a cache volume's size against the product's bounds (AcceptedCacheSize).
+func ValidateCacheSize(q resource.Quantity) error {
+	if q.Cmp(minCacheSize) < 0 || q.Cmp(maxCacheSize) > 0 {
+		return errors.New("out of range")
+	}
+	return nil
+}
+
+// ValidateStorageClass checks a StorageClass name; empty is the cluster's default class.
+func ValidateStorageClass(name string) error {
+	if name == "" {
+		return nil
+	}
+	if msgs := validation.IsDNS1123Subdomain(name); len(msgs) > 0 {
+		return errors.New(strings.Join(msgs, "; "))
+	}
+	return nil
+}
+
+// ValidateCacheMaxSlots checks cache-max-slots against the product's bounds (AcceptedCacheMaxSlots).
+func ValidateCacheMaxSlots(n int) error {
+	if n < 1 || n > maxCacheMaxSlots {
+		return errors.New("out of range")
+	}
+	return nil
 }
 
 // lineageText is a lineage in words: trust, the repository (its numeric id where the CI system
@@ -244,6 +277,17 @@ func CacheSelector() string { return ManagedSelector() + "," + LabelCacheLineage
 // LineageSelector selects the slots of one lineage.
 func LineageSelector(lineage string) string {
 	return ManagedSelector() + "," + LabelCacheLineage + "=" + lineage
+}
+
+// CacheHolderOwnerNone is AnnotationCacheHolderOwner for builders without an owner (owner-pod: none).
+const CacheHolderOwnerNone = "none"
+
+// holderOwner is AnnotationCacheHolderOwner for p's builders.
+func (p Plan) holderOwner() string {
+	if p.Owner == nil {
+		return CacheHolderOwnerNone
+	}
+	return string(p.Owner.UID)
 }
 
 // CacheHolder is who uses a slot: the builder pod's name and, once it exists, its UID. Since is
@@ -361,10 +405,11 @@ func RenderCacheVolume(p Plan, pl platform.Platform, lineage string, slot int, n
 	labels[LabelCacheSlot] = strconv.Itoa(slot)
 	labels[LabelCacheTrust] = trustOf(p.Options.Job)
 	annotations := map[string]string{
-		AnnotationCacheKey:      c.lineageText(p.Options.Job, pl),
-		AnnotationCacheHolder:   CacheHolder{Pod: p.PodName(pl), Since: now.UTC().Truncate(time.Second)}.String(),
-		AnnotationCacheLastUsed: now.UTC().Format(time.RFC3339),
-		AnnotationPlatform:      pl.String(),
+		AnnotationCacheKey:         c.lineageText(p.Options.Job, pl),
+		AnnotationCacheHolder:      CacheHolder{Pod: p.PodName(pl), Since: now.UTC().Truncate(time.Second)}.String(),
+		AnnotationCacheHolderOwner: p.holderOwner(),
+		AnnotationCacheLastUsed:    now.UTC().Format(time.RFC3339),
+		AnnotationPlatform:         pl.String(),
 	}
 	var class *string
 	if c.StorageClass != "" {

@@ -138,6 +138,10 @@ func TestRenderCacheVolumeAndPod(t *testing.T) {
 	if h, ok := holderOf(pvc); !ok || h.Pod != plan.PodName(amd) {
 		t.Errorf("holder %+v, want the builder pod %s", h, plan.PodName(amd))
 	}
+	// The admission policy lets a job write only its own runner pod's UID here.
+	if got := pvc.Annotations[AnnotationCacheHolderOwner]; plan.Owner == nil || got != string(plan.Owner.UID) {
+		t.Errorf("holder owner %q, want the runner pod's UID (%+v)", got, plan.Owner)
+	}
 
 	plan.CacheVolumes = map[platform.Platform]string{amd: pvc.Name}
 	pod := renderPod(t, plan, "linux/amd64")

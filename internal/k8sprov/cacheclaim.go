@@ -80,6 +80,7 @@ func (p *Provisioner) claimCacheVolume(ctx context.Context, plan Plan, pl platfo
 				claimed.Annotations = map[string]string{}
 			}
 			claimed.Annotations[AnnotationCacheHolder] = CacheHolder{Pod: pod, Since: now.UTC().Truncate(time.Second)}.String()
+			claimed.Annotations[AnnotationCacheHolderOwner] = plan.holderOwner()
 			claimed.Annotations[AnnotationCacheLastUsed] = now.UTC().Format(time.RFC3339)
 			// The update carries the resourceVersion listed: it fails with a conflict when another
 			// job claimed the slot since, and only one of two racing jobs wins.
