@@ -58,7 +58,8 @@ func BenchmarkIntegrationVoting(b *testing.B) {
 			all[k] = v
 		}
 		args := append([]string{"docker", "buildx", "bake", "--progress", "plain", "--file", filepath.Join(project, "docker-bake.hcl"), "--file", file}, extra...)
-		return timed(func() { e.run(ctx, b, all, args...) }).Seconds()
+		// In the project's directory, as its workflow runs it: the targets' contexts are relative.
+		return timed(func() { e.runIn(ctx, b, project, all, args...) }).Seconds()
 	}
 	none := func(string) ([]string, []string) { return nil, nil }
 	registry := func(exports map[string]string, write bool) func(string) ([]string, []string) {
