@@ -55,8 +55,8 @@ faults: images ## the fault-injection suite alone (also part of make test): API 
 	hack/with-cluster.sh $(GO) test -count=1 -v -timeout 20m -run '^TestIntegrationFault' ./cmd/setup-ephemeral-buildkit/
 
 .PHONY: bench
-bench: images ## provisioning benchmarks, and the table beside buildx's kubernetes driver (BENCH_ITERATIONS, BENCH_CONCURRENT)
-	hack/with-cluster.sh $(GO) test -p 1 -timeout 40m -run '^$$' -bench Integration -benchtime 3x ./internal/k8sprov/ ./internal/app/
+bench: images ## provisioning benchmarks, the table beside buildx's kubernetes driver (BENCH_ITERATIONS, BENCH_CONCURRENT) and the voting example's rebuilds
+	hack/with-cluster.sh $(GO) test -p 1 -timeout 60m -run '^$$' -bench Integration -benchtime 3x ./internal/k8sprov/ ./internal/app/
 
 .PHONY: demo
 demo: images

@@ -42,7 +42,7 @@ func benchConcurrent() int {
 	if n, err := strconv.Atoi(os.Getenv("BENCH_CONCURRENT")); err == nil && n > 0 {
 		return n
 	}
-	return 4
+	return 10
 }
 
 // vsDriverDone makes BenchmarkIntegrationVsDriver measure once per process: the testing package
@@ -82,7 +82,7 @@ func BenchmarkIntegrationVsDriver(b *testing.B) {
 		theirs.add(e.driverJob(ctx, b, fmt.Sprintf("seq%d", i)))
 	}
 	tab.Add(benchtable.Row{Measure: "step start -> usable two-arch builder", Unit: "s", Ours: ours.setup, Theirs: theirs.setup,
-		Note: fmt.Sprintf("ours / bare pod = %.2fx", benchtable.Median(ours.setup)/benchtable.Median(bare))})
+		Note: fmt.Sprintf("ours / bare pod = %.2fx %s", benchtable.Median(ours.setup)/benchtable.Median(bare), verdict(benchtable.Median(ours.setup)/benchtable.Median(bare), 1.3, false))})
 	tab.Add(benchtable.Row{Measure: "bare pod create -> Running (same node)", Unit: "s", Ours: bare, Note: "the physical limit"})
 	tab.Add(benchtable.Row{Measure: "one build, two platforms (RUN sleep 5)", Unit: "s", Ours: ours.build, Theirs: theirs.build, Note: "cold builders"})
 	tab.Add(benchtable.Row{Measure: "256 MiB build context (linux/amd64)", Unit: "s", Ours: ours.context, Theirs: theirs.context,
@@ -91,29 +91,39 @@ func BenchmarkIntegrationVsDriver(b *testing.B) {
 	tab.Add(benchtable.Row{Measure: "API requests per job (setup, builds, teardown)", Unit: "req", Ours: ours.requests, Theirs: theirs.requests,
 		Note: "at the API server (audit log)"})
 
-	for _, group := range []string{"our binary (in-process)", "docker CLI + buildx", "buildkitd", "control plane"} {
-		tab.Add(benchtable.Row{Measure: "set-up CPU: " + group, Unit: "cpu-s", Ours: ours.setupCPU[group], Theirs: theirs.setupCPU[group],
-			Note: cpuNotes[group]})
+	for _, r := range cpuRows {
+		tab.Add(benchtable.Row{Measure: "set-up CPU: " + r.group, Unit: "cpu-s", Ours: ours.setupCPU[r.group], Theirs: theirs.setupCPU[r.group], Note: r.note})
 	}
+	tab.Add(benchtable.Row{Measure: "set-up CPU: control plane and node, total", Unit: "cpu-s", Ours: ours.sumCPU(controlPlane), Theirs: theirs.sumCPU(controlPlane),
+		Note: "the rows above from kube-apiserver on, per job"})
 
 	// 2. A rebuild after a one-line change behind a 5 s RUN step.
 	rb := e.rebuilds(ctx, b, iterations)
 	tab.Add(benchtable.Row{Measure: "cold build (RUN sleep 5, linux/amd64)", Unit: "s", Ours: rb.oursCold, Theirs: rb.driverCold,
 		Note: "ours: fresh builder, and it exports the registry cache"})
-	tab.Add(benchtable.Row{Measure: "rebuild: (a) our cache volume", Unit: "s", Note: "(not measured: cache volumes not on this branch)"})
+	coldOverVolume := benchtable.Median(rb.oursCold) / benchtable.Median(rb.oursVolume)
+	tab.Add(benchtable.Row{Measure: "rebuild: (a) our cache volume vs (c) driver warm", Unit: "s", Ours: rb.oursVolume, Theirs: rb.driverWarm,
+		Note: fmt.Sprintf("ours cold / volume = %.2fx %s; volume / driver warm %s", coldOverVolume, verdict(coldOverVolume, 3, true),
+			verdict(benchtable.Median(rb.oursVolume)/benchtable.Median(rb.driverWarm), 1.2, false))})
+	coldOverRegistry := benchtable.Median(rb.oursCold) / benchtable.Median(rb.oursRegistry)
 	tab.Add(benchtable.Row{Measure: "rebuild: (b) our registry cache vs (c) driver warm", Unit: "s", Ours: rb.oursRegistry, Theirs: rb.driverWarm,
-		Note: fmt.Sprintf("ours cold / registry cache = %.2fx", benchtable.Median(rb.oursCold)/benchtable.Median(rb.oursRegistry))})
+		Note: fmt.Sprintf("ours cold / registry cache = %.2fx %s", coldOverRegistry, verdict(coldOverRegistry, 2, true))})
 	tab.Add(benchtable.Row{Measure: "type=local cache: export (cache-to type=local,mode=max)", Unit: "s", Ours: rb.localExport,
 		Note: fmt.Sprintf("%.1f MiB carried by the CI system's cache", benchtable.Median(rb.localSizeMiB))})
 	tab.Add(benchtable.Row{Measure: "type=local cache: rebuild on a fresh builder", Unit: "s", Ours: rb.localImport, Note: "import from the client"})
 
 	// 3. N jobs at once against a lone one.
 	n := benchConcurrent()
-	oursConc, theirsConc := e.concurrent(ctx, b, n)
+	conc := e.concurrent(ctx, b, n)
+	tab.Add(benchtable.Row{Measure: "lone job to usable builder (before and after the batch)", Unit: "s", Ours: conc.oursLone, Theirs: conc.driverLone,
+		Note: "the baseline of the concurrency rows"})
 	for _, p := range []float64{50, 95} {
-		o, t := benchtable.Percentile(oursConc, p), benchtable.Percentile(theirsConc, p)
-		tab.Add(benchtable.Row{Measure: fmt.Sprintf("%d concurrent jobs: p%.0f to usable builder", n, p), Unit: "s", Ours: []float64{o}, Theirs: []float64{t},
-			Note: fmt.Sprintf("vs a lone job: ours %.2fx, driver %.2fx", o/benchtable.Median(ours.setup), t/benchtable.Median(theirs.setup))})
+		o, t := benchtable.Percentile(conc.ours, p), benchtable.Percentile(conc.driver, p)
+		note := fmt.Sprintf("vs a lone job: ours %.2fx, driver %.2fx", o/benchtable.Median(conc.oursLone), t/benchtable.Median(conc.driverLone))
+		if p == 95 {
+			note += "; ours " + verdict(o/benchtable.Median(conc.oursLone), 3, false)
+		}
+		tab.Add(benchtable.Row{Measure: fmt.Sprintf("%d concurrent jobs: p%.0f to usable builder", n, p), Unit: "s", Ours: []float64{o}, Theirs: []float64{t}, Note: note})
 	}
 
 	var out bytes.Buffer
@@ -123,14 +133,6 @@ func BenchmarkIntegrationVsDriver(b *testing.B) {
 	}
 	fmt.Fprintf(&out, "\nAPI requests of one job, by verb and resource:\n  ours:   %s\n  driver: %s\n", ours.lastCounts, theirs.lastCounts)
 	fmt.Print(out.String())
-}
-
-// cpuNotes say what each set-up CPU row holds.
-var cpuNotes = map[string]string{
-	"our binary (in-process)": "the bench process, where up runs (the driver has none)",
-	"docker CLI + buildx":     "exited child processes: buildx create/inspect, the driver's client",
-	"buildkitd":               "live buildkitd processes at ready",
-	"control plane":           "apiserver, etcd, controller-manager, scheduler, kubelet, containerd, shims",
 }
 
 // benchEnv is the bench's world: one namespace, a runner pod, the runners' ServiceAccount under
@@ -236,7 +238,14 @@ func (e *benchEnv) grantDriver(ctx context.Context, b *testing.B) {
 // run runs a command with the bench's environment plus env, and returns its combined output.
 func (e *benchEnv) run(ctx context.Context, b *testing.B, env map[string]string, args ...string) string {
 	b.Helper()
+	return e.runIn(ctx, b, "", env, args...)
+}
+
+// runIn is run in directory dir ("" for the current one).
+func (e *benchEnv) runIn(ctx context.Context, b *testing.B, dir string, env map[string]string, args ...string) string {
+	b.Helper()
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	cmd.Dir = dir
 	cmd.Env = append([]string(nil), e.processEnv...)
 	for k, v := range env {
 		cmd.Env = append(cmd.Env, k+"="+v)
@@ -309,9 +318,24 @@ func (f *jobFigures) add(r jobResult) {
 	if f.setupCPU == nil {
 		f.setupCPU = map[string][]float64{}
 	}
-	for group, v := range r.setupCPU {
-		f.setupCPU[group] = append(f.setupCPU[group], v)
+	// Every row's group, 0 where no such process ran: the jobs' values stay aligned for sumCPU.
+	for _, row := range cpuRows {
+		f.setupCPU[row.group] = append(f.setupCPU[row.group], r.setupCPU[row.group])
 	}
+}
+
+// sumCPU is, per job, the set-up CPU of groups together.
+func (f *jobFigures) sumCPU(groups []string) []float64 {
+	var sums []float64
+	for _, g := range groups {
+		for i, v := range f.setupCPU[g] {
+			if i == len(sums) {
+				sums = append(sums, 0)
+			}
+			sums[i] += v
+		}
+	}
+	return sums
 }
 
 // requestsOf counts ServiceAccount sa's requests received in [from, to) in the audit log.
@@ -448,8 +472,8 @@ func (e *benchEnv) driverJob(ctx context.Context, b *testing.B, id string) jobRe
 
 // rebuildFigures are the rebuild rows, in seconds.
 type rebuildFigures struct {
-	oursCold, oursRegistry, driverCold, driverWarm []float64
-	localExport, localImport, localSizeMiB         []float64
+	oursCold, oursVolume, oursRegistry, driverCold, driverWarm []float64
+	localExport, localImport, localSizeMiB                     []float64
 }
 
 // rebuilds measures, on linux/amd64, a build whose 5 s RUN step is new (a fresh NONCE each
@@ -473,9 +497,11 @@ func (e *benchEnv) rebuilds(ctx context.Context, b *testing.B, iterations int) r
 			return timed(func() { e.run(ctx, b, env, append(args, e.small)...) })
 		}
 
-		// Ours, cold: a fresh job that writes the registry cache, and the type=local cache.
+		// Ours, cold: a fresh job on a new cache volume that writes the registry cache, and the
+		// type=local cache.
 		state := filepath.Join(b.TempDir(), "state")
-		exports := e.oursUp(ctx, b, "cold-"+strconv.Itoa(i), "linux/amd64", state, "--cache-ref", repo, "--cache-write", "true")
+		volume := []string{"--cache", "volume", "--cache-key", nonce}
+		exports := e.oursUp(ctx, b, "cold-"+strconv.Itoa(i), "linux/amd64", state, append(volume, "--cache-ref", repo, "--cache-write", "true")...)
 		f.oursCold = append(f.oursCold, build(exports, "--cache-to", exports["BUILDKIT_CACHE_TO_AMD64"]).Seconds())
 		f.localExport = append(f.localExport, build(exports, "--cache-to", "type=local,dest="+localDir+",mode=max").Seconds())
 		f.localSizeMiB = append(f.localSizeMiB, float64(dirSize(b, localDir))/(1<<20))
@@ -486,6 +512,12 @@ func (e *benchEnv) rebuilds(ctx context.Context, b *testing.B, iterations int) r
 
 		// The one-line change.
 		e.writeFiles(b, e.small, map[string]string{"app.txt": "version 2\n"})
+
+		// Ours, a later job on the cache volume the cold job left.
+		state = filepath.Join(b.TempDir(), "state")
+		exports = e.oursUp(ctx, b, "vol-"+strconv.Itoa(i), "linux/amd64", state, volume...)
+		f.oursVolume = append(f.oursVolume, build(exports).Seconds())
+		e.oursDown(ctx, b, state, exports[EnvBuildxBuilder])
 
 		// Ours, a later job: fresh builder, the registry cache.
 		state = filepath.Join(b.TempDir(), "state")
@@ -521,14 +553,34 @@ func dirSize(b *testing.B, dir string) int64 {
 	return n
 }
 
+// concurrentFigures are the concurrency rows: n jobs at once, and lone jobs measured just
+// before and just after them.
+type concurrentFigures struct {
+	ours, driver, oursLone, driverLone []float64
+}
+
 // concurrent starts n jobs of ours at once, then n of the driver's, each to a usable two-arch
-// builder, and returns each job's time to it; every builder is removed afterwards.
-func (e *benchEnv) concurrent(ctx context.Context, b *testing.B, n int) (ours, driver []float64) {
+// builder, each batch between two lone jobs of the same kind, and returns each job's time to
+// it; every builder is removed afterwards.
+func (e *benchEnv) concurrent(ctx context.Context, b *testing.B, n int) concurrentFigures {
 	b.Helper()
+	var f concurrentFigures
+	oursLone := func(id string) {
+		state := filepath.Join(b.TempDir(), "state")
+		var exports map[string]string
+		f.oursLone = append(f.oursLone, timed(func() { exports = e.oursUp(ctx, b, id, "linux/amd64,linux/arm64", state) }).Seconds())
+		e.oursDown(ctx, b, state, exports[EnvBuildxBuilder])
+	}
+	driverLone := func(name string) {
+		f.driverLone = append(f.driverLone, timed(func() { e.driverCreate(ctx, b, name, "linux/amd64", "linux/arm64") }).Seconds())
+		e.driverRemove(ctx, b, name)
+	}
+
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	type up struct{ state, builder string }
 	var ups []up
+	oursLone("lone-before")
 	for j := 0; j < n; j++ {
 		wg.Add(1)
 		go func() {
@@ -537,7 +589,7 @@ func (e *benchEnv) concurrent(ctx context.Context, b *testing.B, n int) (ours, d
 			var exports map[string]string
 			took := timed(func() { exports = e.oursUp(ctx, b, fmt.Sprintf("conc-%d", j), "linux/amd64,linux/arm64", state) })
 			mu.Lock()
-			ours = append(ours, took.Seconds())
+			f.ours = append(f.ours, took.Seconds())
 			ups = append(ups, up{state, exports[EnvBuildxBuilder]})
 			mu.Unlock()
 		}()
@@ -546,13 +598,16 @@ func (e *benchEnv) concurrent(ctx context.Context, b *testing.B, n int) (ours, d
 	for _, u := range ups {
 		e.oursDown(ctx, b, u.state, u.builder)
 	}
+	oursLone("lone-after")
+
+	driverLone("drv-lonebefore")
 	for j := 0; j < n; j++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			took := timed(func() { e.driverCreate(ctx, b, fmt.Sprintf("drv-conc%d", j), "linux/amd64", "linux/arm64") })
 			mu.Lock()
-			driver = append(driver, took.Seconds())
+			f.driver = append(f.driver, took.Seconds())
 			mu.Unlock()
 		}()
 	}
@@ -560,5 +615,6 @@ func (e *benchEnv) concurrent(ctx context.Context, b *testing.B, n int) (ours, d
 	for j := 0; j < n; j++ {
 		e.driverRemove(ctx, b, fmt.Sprintf("drv-conc%d", j))
 	}
-	return ours, driver
+	driverLone("drv-loneafter")
+	return f
 }

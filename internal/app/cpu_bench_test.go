@@ -13,13 +13,31 @@ import (
 // and buildx), buildkitd processes, and the control plane and node daemons.
 type cpuSample map[string]float64
 
-// cpuGroups maps a process's comm (as /proc shows it, at most 15 bytes) to its group.
+// cpuGroups maps a process's comm (as /proc shows it, at most 15 bytes) to its group: buildkitd,
+// and each control-plane and node daemon on its own (the local cluster runs them as host
+// processes), containerd with its shims and runc.
 var cpuGroups = map[string]string{
-	"buildkitd":      "buildkitd",
-	"kube-apiserver": "control plane", "etcd": "control plane", "kube-controller": "control plane",
-	"kube-scheduler": "control plane", "kubelet": "control plane", "containerd": "control plane",
-	"containerd-shim": "control plane", "runc": "control plane",
+	"buildkitd":      "buildkitd start",
+	"kube-apiserver": "kube-apiserver", "etcd": "etcd", "kube-controller": "kube-controller-manager",
+	"kube-scheduler": "kube-scheduler", "kubelet": "kubelet", "containerd": "containerd (+ shims, runc)",
+	"containerd-shim": "containerd (+ shims, runc)", "runc": "containerd (+ shims, runc)",
 }
+
+// cpuRows are the set-up CPU rows in the table's order, with what each holds.
+var cpuRows = []struct{ group, note string }{
+	{"our binary (in-process)", "the bench process, where up runs (the driver has none)"},
+	{"docker CLI + buildx", "exited child processes: buildx create/inspect, the driver's client"},
+	{"buildkitd start", "live buildkitd processes at ready"},
+	{"kube-apiserver", "control plane"},
+	{"etcd", "control plane"},
+	{"kube-scheduler", "control plane"},
+	{"kube-controller-manager", "control plane"},
+	{"kubelet", "node"},
+	{"containerd (+ shims, runc)", "node"},
+}
+
+// controlPlane are the cpuRows groups summed into the control plane row.
+var controlPlane = []string{"kube-apiserver", "etcd", "kube-scheduler", "kube-controller-manager", "kubelet", "containerd (+ shims, runc)"}
 
 // clockTicks is USER_HZ, 100 on every Linux architecture Go supports.
 const clockTicks = 100
