@@ -142,10 +142,6 @@ type Options struct {
 	// Rootless runs buildkitd unprivileged (the -rootless image, user 1000, no privileged
 	// container); see RenderPod for what that needs from the cluster.
 	Rootless bool
-	// UserNamespaces runs the rootful image in a user namespace of its own (hostUsers: false)
-	// instead of privileged: root in the builder is an unprivileged user on the node. Only a
-	// cluster template sets it (mode user-namespaces); see RenderPod for what it needs.
-	UserNamespaces bool
 	// Pod holds what only a cluster template sets (pull policy, debug logging, OpenTelemetry
 	// environment, affinity, priority class, topology spread).
 	Pod PodSettings
@@ -310,10 +306,6 @@ func (o Options) Validate() error {
 		}
 	}
 	add(named(InputImage, o.Image, validateImage(o.Image)))
-	if o.Rootless && o.UserNamespaces {
-		add(&InputError{Input: InputRootless, Value: "true", Err: errors.New("rootless builders cannot also run in a user namespace of their own (user-namespaces mode)"),
-			Accepted: "false under a cluster template of mode user-namespaces"})
-	}
 	add(validateResources(o.Resources))
 	add(validateRules(o.NodeSelectors, o.Tolerations))
 	for key, value := range o.Labels {

@@ -118,11 +118,6 @@ func RenderSecret(p Plan, creds *Credentials) (*corev1.Secret, error) {
 // the user namespaces rootlesskit creates) and BuildKit's --oci-worker-no-process-sandbox; the
 // nodes must allow unprivileged user namespaces, and the namespace's Pod Security level must be
 // privileged, since baseline forbids unconfined profiles.
-// UserNamespaces runs the rootful image unprivileged in a user namespace of the pod's own
-// (hostUsers: false; root inside is an unprivileged user on the node), with the same unconfined
-// profiles and --oci-worker-no-process-sandbox as rootless; the nodes need Kubernetes 1.33+ on
-// a runtime with user namespace support (containerd 2, runc 1.2+) and a kernel with idmapped
-// mounts (Linux 6.3+), and the namespace's Pod Security level must be privileged.
 //
 // The container keeps the image's entrypoint (buildkitd, or rootlesskit buildkitd) and only sets
 // its arguments.
@@ -146,10 +141,6 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 	container := buildkitdContainer(opts, args)
 	podSecurity, secretMode := securityContexts(opts, &container)
 	scheduling := opts.Pod.SchedulingFor(pl)
-	var hostUsers *bool
-	if opts.UserNamespaces {
-		hostUsers = ptr.To(false)
-	}
 
 	return &corev1.Pod{
 		TypeMeta: metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
@@ -173,7 +164,6 @@ func RenderPod(p Plan, pl platform.Platform) (*corev1.Pod, error) {
 			ActiveDeadlineSeconds:         ptr.To(ceilSeconds(opts.MaxLifetime)),
 			TerminationGracePeriodSeconds: ptr.To(ceilSeconds(opts.TerminationGracePeriod)),
 			SecurityContext:               podSecurity,
-			HostUsers:                     hostUsers,
 			Volumes: []corev1.Volume{
 				{Name: volumeState, VolumeSource: stateVolume},
 				{Name: volumeSocket, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{
@@ -215,7 +205,7 @@ func buildkitdArgs(opts Options, pl platform.Platform, onCacheVolume bool) ([]st
 	if opts.Pod.Debug {
 		args = append(args, "--debug")
 	}
-	if opts.Rootless || opts.UserNamespaces {
+	if opts.Rootless {
 		// Without a privileged container, BuildKit cannot mount a fresh /proc for build steps.
 		args = append(args, "--oci-worker-no-process-sandbox")
 	}
@@ -281,15 +271,6 @@ func buildkitdContainer(opts Options, args []string) corev1.Container {
 // the Secret's files. Secret files are readable by their owner (root) only; the rootless user
 // reads them through fsGroup, which also gives it the emptyDirs.
 func securityContexts(opts Options, container *corev1.Container) (*corev1.PodSecurityContext, int32) {
-	if opts.UserNamespaces {
-		// Root in the pod's own user namespace: mounts and namespaces for build steps need the
-		// unconfined profiles (as rootless), not privileged, which hostUsers: false forbids.
-		container.SecurityContext = &corev1.SecurityContext{
-			SeccompProfile:  &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeUnconfined},
-			AppArmorProfile: &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined},
-		}
-		return nil, 0o400
-	}
 	if !opts.Rootless {
 		container.SecurityContext = &corev1.SecurityContext{Privileged: ptr.To(true)}
 		return nil, 0o400

@@ -137,12 +137,6 @@ func TestRenderPodGolden(t *testing.T) {
 			assertGolden(t, tc.golden, renderPod(t, plan, tc.platform))
 		})
 	}
-	// No job input sets it: a cluster template of mode user-namespaces does.
-	t.Run("pod-amd64-user-namespaces.yaml", func(t *testing.T) {
-		plan := testPlan(t, Inputs{Platforms: "linux/amd64"})
-		plan.Options.UserNamespaces = true
-		assertGolden(t, "pod-amd64-user-namespaces.yaml", renderPod(t, plan, "linux/amd64"))
-	})
 }
 
 // assertPodInvariants checks what every builder pod must have, whatever the inputs.

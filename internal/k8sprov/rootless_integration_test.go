@@ -23,6 +23,10 @@ func TestIntegrationRootlessBuildersBuild(t *testing.T) {
 	env := newAdmissionEnv(t, ctx, func(p *admissionregistrationv1.ValidatingAdmissionPolicy) {
 		variable(t, p, "allowPrivileged").Expression = "false"
 	})
+	buildctl, err := exec.LookPath("buildctl")
+	if err != nil {
+		t.Fatalf("buildctl not in PATH (make tools puts it in $CACHE_DIR/bin): %v", err)
+	}
 	if got := env.cluster.Info.Images["buildkit-rootless"]; got != DefaultRootlessImage {
 		t.Fatalf("the local cluster's rootless image is %q, want %s (hack/cmd/mkimages writes buildkit-rootless.tar)", got, DefaultRootlessImage)
 	}
@@ -41,21 +45,9 @@ func TestIntegrationRootlessBuildersBuild(t *testing.T) {
 			t.Errorf("Teardown: %v", err)
 		}
 	}()
-	buildOnEach(t, ctx, "rootless", result, probes)
-	logRootfulStartup(t, ctx)
-}
-
-// buildOnEach runs the architecture probe's Dockerfile (a RUN step) on each of result's
-// builders and checks the step ran on the builder's platform.
-func buildOnEach(t *testing.T, ctx context.Context, mode string, result *Result, probes map[string]string) {
-	t.Helper()
-	buildctl, err := exec.LookPath("buildctl")
-	if err != nil {
-		t.Fatalf("buildctl not in PATH (make tools puts it in $CACHE_DIR/bin): %v", err)
-	}
 	tlsDir := writeClientTLS(t, result.Credentials)
 	for _, b := range result.Builders {
-		logStartup(t, mode, b)
+		logStartup(t, "rootless", b)
 		arch := b.Platform.Architecture
 		dir := probes[arch]
 		out := filepath.Join(t.TempDir(), "out")
@@ -65,30 +57,25 @@ func buildOnEach(t *testing.T, ctx context.Context, mode string, result *Result,
 			"build", "--frontend", "dockerfile.v0", "--local", "context="+dir, "--local", "dockerfile="+dir,
 			"--opt", "platform=linux/"+arch, "--output", "type=local,dest="+out)
 		if log, err := cmd.CombinedOutput(); err != nil {
-			t.Errorf("%s %s builder: build with a RUN step failed: %v\n%s", mode, b.Platform, err, log)
+			t.Errorf("rootless %s builder: build with a RUN step failed: %v\n%s", b.Platform, err, log)
 			continue
 		}
 		got, err := os.ReadFile(filepath.Join(out, "result"))
 		if err != nil {
-			t.Errorf("%s %s builder: the RUN step left no result: %v", mode, b.Platform, err)
+			t.Errorf("rootless %s builder: the RUN step left no result: %v", b.Platform, err)
 			continue
 		}
 		if strings.TrimSpace(string(got)) != "linux/"+arch {
-			t.Errorf("%s %s builder: the RUN step ran as %q", mode, b.Platform, got)
+			t.Errorf("rootless %s builder: the RUN step ran as %q", b.Platform, got)
 		}
-		t.Logf("%s %s builder: the RUN step ran as %s", mode, b.Platform, strings.TrimSpace(string(got)))
+		t.Logf("rootless %s builder: the RUN step ran as %s", b.Platform, strings.TrimSpace(string(got)))
 	}
-}
 
-// logRootfulStartup provisions rootful builders for both platforms in the same cluster, logs
-// their start-up times, for comparison with another mode's, and returns the slowest one's
-// (pod created to usable).
-func logRootfulStartup(t *testing.T, ctx context.Context) time.Duration {
-	t.Helper()
+	// The rootful figure, from the same cluster, for comparison.
 	rootfulEnv := newJobEnv(t, ctx)
 	rootfulPlan := rootfulEnv.plan(t, "rootful-startup", Inputs{Platforms: "linux/amd64,linux/arm64"})
 	rootfulProv := rootfulEnv.provisioner(t)
-	started := time.Now()
+	started = time.Now()
 	rootful, err := rootfulProv.Provision(ctx, rootfulPlan)
 	if err != nil {
 		t.Fatalf("Provision of rootful builders: %v", err)
@@ -100,16 +87,6 @@ func logRootfulStartup(t *testing.T, ctx context.Context) time.Duration {
 	if _, err := rootfulProv.Teardown(ctx, rootfulEnv.ns, rootfulPlan.Key, rootfulPlan.Owner, TeardownOptions{Wait: true, Secrets: []ObjectRef{rootful.Secret}}); err != nil {
 		t.Errorf("Teardown of the rootful builders: %v", err)
 	}
-	return slowestStartup(rootful.Builders)
-}
-
-// slowestStartup is the longest time from pod creation to a usable builder among builders.
-func slowestStartup(builders []Builder) time.Duration {
-	var slowest time.Duration
-	for _, b := range builders {
-		slowest = max(slowest, b.Ready.Sub(b.Created))
-	}
-	return slowest
 }
 
 // logStartup logs how long a builder took from its pod's creation to answering over gRPC.
