@@ -27,7 +27,7 @@ deps: ## Debian packages the local cluster needs (containerd, runc, CNI plugins,
 	hack/install-deps.sh
 
 .PHONY: tools
-tools: deps ## Kubernetes, etcd, containerd, BuildKit, rootlesskit, buildx, docker CLI, act, static runc, helm, actionlint, local-path-provisioner: built from the Go module proxy, cached
+tools: deps ## Kubernetes, etcd, BuildKit, rootlesskit, buildx, docker CLI, act, static runc, helm, actionlint, local-path-provisioner: built from the Go module proxy, cached
 	hack/build-tools.sh
 
 .PHONY: images

@@ -19,7 +19,7 @@ BIN_DIR=$CACHE_DIR/bin
 STAMP_DIR=$CACHE_DIR/stamps
 WORK_DIR=$CACHE_DIR/tmp
 GO=${GO:-go}
-ALL_TOOLS="runc containerd etcd buildkit rootlesskit buildx act kubernetes registry helm actionlint dockercli local-path-provisioner"
+ALL_TOOLS="runc etcd buildkit rootlesskit buildx act kubernetes registry helm actionlint dockercli local-path-provisioner"
 TOOLS=${TOOLS:-$ALL_TOOLS}
 
 # Versions stamped into the binaries. They must match the versions the scratch modules require;
@@ -240,25 +240,6 @@ build_runc() {
 		die "runc-static is not statically linked: $info"
 	"$out/runc-static" --version | grep -q '^libseccomp: ' ||
 		die "runc-static was built without seccomp: $("$out/runc-static" --version)"
-}
-
-outputs_containerd() { echo containerd containerd-shim-runc-v2 ctr; }
-build_containerd() {
-	# The version lives here, not in the shared *_VERSION line of stamp_of, so bumping it
-	# rebuilds containerd alone. The local cluster's node runs it: kubelet 1.34 refuses
-	# user-namespaced pods (hostUsers: false) on Debian's containerd 1.6.
-	local out=$1 dir=$TOOLS_DIR/containerd version=v2.4.2
-	check_version "$dir" github.com/containerd/containerd/v2 "$version"
-	local p=github.com/containerd/containerd/v2/version
-	# Static (CGO_ENABLED=0) with the tags of containerd's own static release (Makefile), minus
-	# the snapshotters the cluster disables anyway (btrfs needs cgo and its headers); the shim
-	# gets no_grpc as its Makefile gives it.
-	local tags="urfave_cli_no_docs osusergo netgo static_build no_btrfs no_devmapper no_zfs"
-	local ld="-s -w -X $p.Version=$version -X $p.Revision=$version -X $p.Package=github.com/containerd/containerd/v2"
-	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath -tags "$tags" -ldflags "$ld" -o "$out/" \
-		github.com/containerd/containerd/v2/cmd/containerd github.com/containerd/containerd/v2/cmd/ctr)
-	(cd "$dir" && CGO_ENABLED=0 "$GO" build -trimpath -tags "$tags no_grpc" -ldflags "$ld" \
-		-o "$out/containerd-shim-runc-v2" github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2)
 }
 
 # install_<tool> moves the built files from the output directory into the cache.

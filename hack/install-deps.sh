@@ -7,6 +7,8 @@
 set -euo pipefail
 
 packages=(
+	containerd                  # the CRI runtime the kubelet talks to
+	runc                        # containerd's OCI runtime on the host
 	containernetworking-plugins # bridge + host-local IPAM for pod networking
 	qemu-user-static            # arm64 RUN steps under emulation (binfmt_misc)
 	busybox-static              # the shell and applets inside the BuildKit image

@@ -23,8 +23,7 @@ import (
 
 // Config says where the cluster's binaries, images and state live.
 type Config struct {
-	// BinDir holds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, etcd,
-	// containerd (with its shim and ctr) and runc-static (hack/build-tools.sh builds them all).
+	// BinDir holds kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, etcd.
 	BinDir string
 	// ImagesDir holds OCI archives (*.tar) imported into containerd before the kubelet starts.
 	ImagesDir string
@@ -210,13 +209,12 @@ func Up(ctx context.Context, cfg Config) (c *Cluster, err error) {
 
 // checkPrerequisites fails before any host change when a binary or tool the parts need is missing.
 func checkPrerequisites(binDir string) error {
-	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", registryName, storageName,
-		containerdName, "containerd-shim-runc-v2", "ctr", "runc-static"} {
+	for _, bin := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", registryName, storageName} {
 		if _, err := os.Stat(filepath.Join(binDir, bin)); err != nil {
 			return fmt.Errorf("binary %s missing in %s (build it with `make tools`): %w", bin, binDir, err)
 		}
 	}
-	for _, tool := range []string{"ip", "iptables", "ip6tables"} {
+	for _, tool := range []string{"containerd", "ctr", "ip", "iptables", "ip6tables"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s not found on PATH (install the Debian packages with `make deps`): %w", tool, err)
 		}

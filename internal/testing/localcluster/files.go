@@ -56,16 +56,12 @@ current-context: %s@local
 `, server, caFile, user, certFile, keyFile, user, user, user)
 }
 
-// containerdConfig is the node's containerd 2 configuration (format version 3), for the
-// containerd, shim and runc the project builds (binDir): kubelet 1.34 runs user-namespaced pods
-// (hostUsers: false) only on containerd 2, with runc 1.2 or later.
-func containerdConfig(stateDir, address, sandboxImage, cniConfDir, binDir string) string {
-	r := strings.NewReplacer("$STATE", stateDir, "$ADDRESS", address, "$SANDBOX", sandboxImage, "$CNICONF", cniConfDir, "$BIN", binDir)
-	return r.Replace(`version = 3
+func containerdConfig(stateDir, address, sandboxImage, cniConfDir string) string {
+	r := strings.NewReplacer("$STATE", stateDir, "$ADDRESS", address, "$SANDBOX", sandboxImage, "$CNICONF", cniConfDir)
+	return r.Replace(`version = 2
 root = "$STATE/containerd/root"
 state = "$STATE/containerd/state"
-# NRI would listen on /var/run/nri outside the state directory; tracing would export off the machine.
-disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 
 [grpc]
   address = "$ADDRESS"
@@ -82,43 +78,35 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.tracing.processor
 [plugins."io.containerd.internal.v1.opt"]
   path = "$STATE/containerd/opt"
 
-[plugins."io.containerd.cri.v1.images"]
-  snapshotter = "overlayfs"
-
-  [plugins."io.containerd.cri.v1.images".pinned_images]
-    sandbox = "$SANDBOX"
-
-  # certs.d/_default/hosts.toml sends every image name to the cluster's registry (registry.go).
-  [plugins."io.containerd.cri.v1.images".registry]
-    config_path = "$STATE/containerd/certs.d"
-
-[plugins."io.containerd.cri.v1.runtime"]
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "$SANDBOX"
   # Root lacks CAP_SYS_RESOURCE here: without this every sandbox fails with
   # "can't get final child's PID from pipe: EOF".
   restrict_oom_score_adj = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
   enable_selinux = false
   disable_apparmor = true
 
-  [plugins."io.containerd.cri.v1.runtime".containerd]
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
     default_runtime_name = "runc"
 
-    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      runtime_path = "$BIN/containerd-shim-runc-v2"
 
-      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
-        BinaryName = "$BIN/runc-static"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
         Root = "$STATE/runc"
 
-  [plugins."io.containerd.cri.v1.runtime".cni]
-    bin_dirs = ["/usr/lib/cni"]
+  # certs.d/_default/hosts.toml sends every image name to the cluster's registry (registry.go).
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "$STATE/containerd/certs.d"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
     conf_dir = "$CNICONF"
     max_conf_num = 1
-
-[plugins."io.containerd.grpc.v1.cri"]
-  stream_server_address = "127.0.0.1"
-  stream_server_port = "0"
 `)
 }
 

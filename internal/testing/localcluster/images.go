@@ -32,7 +32,7 @@ func imageArchives(dir string) (map[string]string, error) {
 	return images, nil
 }
 
-func importImages(ctx context.Context, ctr, address, dir string, images map[string]string) error {
+func importImages(ctx context.Context, address, dir string, images map[string]string) error {
 	var names []string
 	for archive := range images {
 		names = append(names, archive)
@@ -45,13 +45,13 @@ func importImages(ctx context.Context, ctr, address, dir string, images map[stri
 		go func() {
 			defer wg.Done()
 			path := filepath.Join(dir, archive+".tar")
-			out, err := exec.CommandContext(ctx, ctr, "--address", address, "-n", "k8s.io", "images", "import", "--snapshotter", "overlayfs", path).CombinedOutput()
+			out, err := exec.CommandContext(ctx, "ctr", "--address", address, "-n", "k8s.io", "images", "import", "--snapshotter", "overlayfs", path).CombinedOutput()
 			if err != nil {
 				errs[i] = fmt.Errorf("importing %s: %w: %s", path, err, out)
 				return
 			}
 			// Pinned images are never garbage-collected by the kubelet; they cannot be pulled again.
-			out, err = exec.CommandContext(ctx, ctr, "--address", address, "-n", "k8s.io", "images", "label", images[archive], "io.cri-containerd.pinned=pinned").CombinedOutput()
+			out, err = exec.CommandContext(ctx, "ctr", "--address", address, "-n", "k8s.io", "images", "label", images[archive], "io.cri-containerd.pinned=pinned").CombinedOutput()
 			if err != nil {
 				errs[i] = fmt.Errorf("pinning %s: %w: %s", images[archive], err, out)
 			}

@@ -36,19 +36,23 @@ func (c *containerd) Start(ctx context.Context, s *session) error {
 	if !ok {
 		return fmt.Errorf("no pause.tar in %s (build the images with `make images`)", s.cfg.ImagesDir)
 	}
-	if err := writeFile(c.config, containerdConfig(s.cfg.StateDir, c.address, sandboxImage, c.cniConfDir, s.cfg.BinDir)); err != nil {
+	if err := writeFile(c.config, containerdConfig(s.cfg.StateDir, c.address, sandboxImage, c.cniConfDir)); err != nil {
 		return err
 	}
-	p, err := s.startProcess(containerdName, s.bin(containerdName), []string{"--config", c.config})
+	binary, err := exec.LookPath(containerdName)
+	if err != nil {
+		return fmt.Errorf("containerd not found on PATH: %w", err)
+	}
+	p, err := s.startProcess(containerdName, binary, []string{"--config", c.config})
 	if err != nil {
 		return err
 	}
 	if err := p.waitHealthy(ctx, func(ctx context.Context) error {
-		return exec.CommandContext(ctx, s.bin("ctr"), "--address", c.address, "version").Run()
+		return exec.CommandContext(ctx, "ctr", "--address", c.address, "version").Run()
 	}); err != nil {
 		return err
 	}
-	if err := importImages(ctx, s.bin("ctr"), c.address, s.cfg.ImagesDir, images); err != nil {
+	if err := importImages(ctx, c.address, s.cfg.ImagesDir, images); err != nil {
 		return err
 	}
 	s.containerdAddress = c.address

@@ -8,9 +8,8 @@ import (
 )
 
 func TestContainerdResolvesEveryNameToTheRegistry(t *testing.T) {
-	conf := containerdConfig("/s", "/s/c.sock", "pause:local", "/s/cni", "/bin")
+	conf := containerdConfig("/s", "/s/c.sock", "pause:local", "/s/cni")
 	var parsed struct {
-		Version int `toml:"version"`
 		Plugins map[string]struct {
 			Registry struct {
 				ConfigPath string `toml:"config_path"`
@@ -20,12 +19,8 @@ func TestContainerdResolvesEveryNameToTheRegistry(t *testing.T) {
 	if err := toml.Unmarshal([]byte(conf), &parsed); err != nil {
 		t.Fatal(err)
 	}
-	// Version 3 is containerd 2's format; there the CRI's registry lives in its images plugin.
-	configPath := parsed.Plugins["io.containerd.cri.v1.images"].Registry.ConfigPath
-	if parsed.Version != 3 || configPath == "" {
-		t.Fatalf("config version %d, registry config_path %q: want version 3 with the images plugin's config_path", parsed.Version, configPath)
-	}
-	// containerd falls back to <config_path>/_default for any registry host.
+	configPath := parsed.Plugins["io.containerd.grpc.v1.cri"].Registry.ConfigPath
+	// containerd (1.6 and later) falls back to <config_path>/_default for any registry host.
 	if want := filepath.Join(configPath, "_default", "hosts.toml"); containerdHostsFile("/s") != want {
 		t.Fatalf("hosts.toml written to %s, but containerd reads %s", containerdHostsFile("/s"), want)
 	}
