@@ -427,21 +427,7 @@ func (p *parser) build(doc document) *Template {
 			p.add(k8sprov.ValidateImage(image), "allowedImages", fmt.Sprintf("[%d]", i))
 		}
 	}
-	if otel := doc.OpenTelemetry; otel != nil {
-		if otel.Endpoint == "" {
-			p.add(errors.New("no endpoint (e.g. http://otel-collector.observability:4317)"), "openTelemetry", "endpoint")
-		} else if !strings.HasPrefix(otel.Endpoint, "http://") && !strings.HasPrefix(otel.Endpoint, "https://") {
-			p.add(fmt.Errorf("endpoint %q: a URL starting with http:// or https://", otel.Endpoint), "openTelemetry", "endpoint")
-		}
-		t.Env = append(t.Env, corev1.EnvVar{Name: "OTEL_EXPORTER_OTLP_ENDPOINT", Value: otel.Endpoint})
-		switch otel.Protocol {
-		case "":
-		case "grpc", "http/protobuf", "http/json":
-			t.Env = append(t.Env, corev1.EnvVar{Name: "OTEL_EXPORTER_OTLP_PROTOCOL", Value: otel.Protocol})
-		default:
-			p.add(fmt.Errorf("protocol %q, want grpc, http/protobuf or http/json", otel.Protocol), "openTelemetry", "protocol")
-		}
-	}
+	t.Env = p.openTelemetry(doc.OpenTelemetry)
 	if len(t.BuildkitdFlags) > 0 {
 		_, err := k8sprov.ParseBuildkitdFlags(shellJoin(t.BuildkitdFlags))
 		p.add(err, "buildkitdFlags")
@@ -454,12 +440,56 @@ func (p *parser) build(doc document) *Template {
 		p.add(err, "buildkitdConfig")
 	}
 
+	p.resources(t, doc.Resources)
+	t.Cache = p.cache(doc.Cache)
+	t.MaxLifetime = p.bounds(doc.MaxLifetime, "maxLifetime")
+	t.TerminationGracePeriod = p.bounds(doc.TerminationGracePeriod, "terminationGracePeriod")
+
+	p.platforms(t, doc.Platforms)
+	if doc.JobInputs != nil {
+		t.JobInputs = []string{}
+		for i, name := range *doc.JobInputs {
+			if !slices.Contains(GovernedInputs, name) {
+				p.add(fmt.Errorf("%q is not an input a template governs; those are %s (the others are always the job's)", name, strings.Join(GovernedInputs, ", ")), "jobInputs", fmt.Sprintf("[%d]", i))
+			}
+			t.JobInputs = append(t.JobInputs, name)
+		}
+	}
+	return t
+}
+
+// openTelemetry checks the template's OpenTelemetry section and returns the environment it gives
+// buildkitd.
+func (p *parser) openTelemetry(otel *openTelemetry) []corev1.EnvVar {
+	if otel == nil {
+		return nil
+	}
+	var env []corev1.EnvVar
+	if otel.Endpoint == "" {
+		p.add(errors.New("no endpoint (e.g. http://otel-collector.observability:4317)"), "openTelemetry", "endpoint")
+	} else if !strings.HasPrefix(otel.Endpoint, "http://") && !strings.HasPrefix(otel.Endpoint, "https://") {
+		p.add(fmt.Errorf("endpoint %q: a URL starting with http:// or https://", otel.Endpoint), "openTelemetry", "endpoint")
+	}
+	env = append(env, corev1.EnvVar{Name: "OTEL_EXPORTER_OTLP_ENDPOINT", Value: otel.Endpoint})
+	switch otel.Protocol {
+	case "":
+	case "grpc", "http/protobuf", "http/json":
+		env = append(env, corev1.EnvVar{Name: "OTEL_EXPORTER_OTLP_PROTOCOL", Value: otel.Protocol})
+	default:
+		p.add(fmt.Errorf("protocol %q, want grpc, http/protobuf or http/json", otel.Protocol), "openTelemetry", "protocol")
+	}
+	return env
+}
+
+// resources reads the template's default and maximum resources into t; a default above the
+// maximum is refused.
+func (p *parser) resources(t *Template, r resources) {
 	var err error
-	t.DefaultResources.Requests, err = resourceList(doc.Resources.Default.Requests)
+	t.DefaultResources.Requests, err = resourceList(r.Default.Requests)
 	p.add(err, "resources", "default", "requests")
-	t.DefaultResources.Limits, err = resourceList(doc.Resources.Default.Limits)
+	t.DefaultResources.Limits, err = resourceList(r.Default.Limits)
 	p.add(err, "resources", "default", "limits")
-	t.MaximumResources, err = resourceList(doc.Resources.Maximum)
+	t.MaximumResources, err = resourceList(r.Maximum)
 	p.add(err, "resources", "maximum")
 	for _, which := range []struct {
 		field string
@@ -472,12 +502,13 @@ func (p *parser) build(doc document) *Template {
 			}
 		}
 	}
-	t.Cache = p.cache(doc.Cache)
-	t.MaxLifetime = p.bounds(doc.MaxLifetime, "maxLifetime")
-	t.TerminationGracePeriod = p.bounds(doc.TerminationGracePeriod, "terminationGracePeriod")
+}
 
-	for _, key := range slices.Sorted(maps.Keys(doc.Platforms)) {
-		settings := doc.Platforms[key]
+// platforms reads the template's per-platform scheduling into t: node selectors, tolerations,
+// affinity, priority class and topology spread, each checked as a job's input would be.
+func (p *parser) platforms(t *Template, platforms map[string]platformSettings) {
+	for _, key := range slices.Sorted(maps.Keys(platforms)) {
+		settings := platforms[key]
 		var scope platform.Platform
 		if key != AllPlatforms {
 			pl, err := platform.Parse(key)
@@ -505,16 +536,6 @@ func (p *parser) build(doc document) *Template {
 			t.Scheduling = append(t.Scheduling, entry)
 		}
 	}
-	if doc.JobInputs != nil {
-		t.JobInputs = []string{}
-		for i, name := range *doc.JobInputs {
-			if !slices.Contains(GovernedInputs, name) {
-				p.add(fmt.Errorf("%q is not an input a template governs; those are %s (the others are always the job's)", name, strings.Join(GovernedInputs, ", ")), "jobInputs", fmt.Sprintf("[%d]", i))
-			}
-			t.JobInputs = append(t.JobInputs, name)
-		}
-	}
-	return t
 }
 
 func (p *parser) cache(doc cacheDoc) Cache {

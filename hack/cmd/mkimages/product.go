@@ -120,41 +120,14 @@ func buildProductImages(cfg config, root, srcHash string, p productConfig) error
 	if err != nil {
 		return err
 	}
-	type archInputs struct {
-		arch, variant       string
-		cli, docker, buildx string
-		debian              ociimage.Layer
+	inputs, err := productInputs(cfg, root, p, base)
+	if err != nil {
+		return err
 	}
-	var inputs []archInputs
-	for _, a := range productArchs {
-		cli, err := buildCLI(cfg, root, a.arch, p)
-		if err != nil {
-			return err
-		}
-		in := archInputs{arch: a.arch, variant: a.variant, cli: cli,
-			docker: filepath.Join(cfg.binDir, "docker-linux-"+a.arch), buildx: filepath.Join(cfg.binDir, "docker-buildx-linux-"+a.arch)}
-		for _, f := range []string{in.docker, in.buildx} {
-			if st, err := os.Stat(f); err != nil || !st.Mode().IsRegular() {
-				return fmt.Errorf("%s missing or not a file (TOOLS=\"dockercli buildx\" hack/build-tools.sh builds it): %v", f, err)
-			}
-		}
-		if in.debian, err = debianLayer(base, a.arch); err != nil {
-			return err
-		}
-		inputs = append(inputs, in)
+	stamp, err := productStamp(srcHash, p, inputs)
+	if err != nil {
+		return err
 	}
-
-	h := sha256.New()
-	fmt.Fprintln(h, "sources", srcHash, p.registry, p.tags, productArchs)
-	for _, in := range inputs {
-		fmt.Fprintln(h, in.arch, in.debian.Desc.Digest)
-		for _, f := range []string{in.cli, in.docker, in.buildx} {
-			if err := hashFile(h, "", f); err != nil {
-				return err
-			}
-		}
-	}
-	stamp := hex.EncodeToString(h.Sum(nil))
 	stampFile := filepath.Join(p.outDir, "stamp")
 	if old, err := os.ReadFile(stampFile); err == nil && string(old) == stamp {
 		fmt.Printf("mkimages: product images: reused %s (inputs unchanged)\n", p.outDir)
@@ -170,33 +143,11 @@ func buildProductImages(cfg config, root, srcHash string, p productConfig) error
 	}
 	var cliManifests, jobManifests []v1.Descriptor
 	for _, in := range inputs {
-		// The same TLS roots as the job image's: Debian's ca-certificates.
-		ca := filepath.Join(filepath.Dir(in.cli), "ca-certificates.crt")
-		if err := extractFromLayer(base.BlobPath(in.debian.Desc.Digest), strings.TrimPrefix(caBundle, "/"), ca); err != nil {
-			return err
-		}
-		cliLayer, err := layout.AddEntriesLayer(cliEntries(in.cli, ca), "setup-ephemeral-buildkit "+p.version+" (static), TLS roots")
-		if err != nil {
-			return err
-		}
-		cli, err := layout.AddImage(cliImage(in.arch, in.variant, p.version), []ociimage.Layer{cliLayer})
-		if err != nil {
-			return err
-		}
-		if err := copyBlob(base, layout, in.debian.Desc.Digest); err != nil {
-			return err
-		}
-		jobLayer, err := layout.AddEntriesLayer(jobEntries(in.cli, in.docker, in.buildx), "setup-ephemeral-buildkit "+p.version+", docker CLI, buildx plugin")
-		if err != nil {
-			return err
-		}
-		job, err := layout.AddImage(jobImage(in.arch, in.variant, p.version), []ociimage.Layer{in.debian, jobLayer})
+		cli, job, err := writeArchImages(layout, base, in, p.version)
 		if err != nil {
 			return err
 		}
 		cliManifests, jobManifests = append(cliManifests, cli), append(jobManifests, job)
-		fmt.Printf("mkimages: linux/%s: CLI image %s (%.1f MiB), job image %s (+%.1f MiB on Debian's %.1f MiB)\n", in.arch,
-			cli.Digest, mib(cliLayer.Desc.Size), job.Digest, mib(jobLayer.Desc.Size), mib(in.debian.Desc.Size))
 	}
 	for _, im := range []struct {
 		manifests  []v1.Descriptor
@@ -217,6 +168,85 @@ func buildProductImages(cfg config, root, srcHash string, p productConfig) error
 	}
 	fmt.Printf("mkimages: product images written to %s in %.1fs\n", p.outDir, time.Since(start).Seconds())
 	return nil
+}
+
+// archInputs are what one architecture's product images are made of.
+type archInputs struct {
+	arch, variant       string
+	cli, docker, buildx string
+	debian              ociimage.Layer
+}
+
+// productInputs builds the CLI for each product architecture and finds the docker CLI, the buildx
+// plugin and Debian's layer for it.
+func productInputs(cfg config, root string, p productConfig, base *ociimage.Layout) ([]archInputs, error) {
+	var inputs []archInputs
+	for _, a := range productArchs {
+		cli, err := buildCLI(cfg, root, a.arch, p)
+		if err != nil {
+			return nil, err
+		}
+		in := archInputs{arch: a.arch, variant: a.variant, cli: cli,
+			docker: filepath.Join(cfg.binDir, "docker-linux-"+a.arch), buildx: filepath.Join(cfg.binDir, "docker-buildx-linux-"+a.arch)}
+		for _, f := range []string{in.docker, in.buildx} {
+			if st, err := os.Stat(f); err != nil || !st.Mode().IsRegular() {
+				return nil, fmt.Errorf("%s missing or not a file (TOOLS=\"dockercli buildx\" hack/build-tools.sh builds it): %v", f, err)
+			}
+		}
+		if in.debian, err = debianLayer(base, a.arch); err != nil {
+			return nil, err
+		}
+		inputs = append(inputs, in)
+	}
+	return inputs, nil
+}
+
+// productStamp hashes everything the product images are made of: a stamp equal to the last
+// write's means nothing changed.
+func productStamp(srcHash string, p productConfig, inputs []archInputs) (string, error) {
+	h := sha256.New()
+	fmt.Fprintln(h, "sources", srcHash, p.registry, p.tags, productArchs)
+	for _, in := range inputs {
+		fmt.Fprintln(h, in.arch, in.debian.Desc.Digest)
+		for _, f := range []string{in.cli, in.docker, in.buildx} {
+			if err := hashFile(h, "", f); err != nil {
+				return "", err
+			}
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// writeArchImages adds one architecture's CLI and job images to layout and returns their
+// manifests.
+func writeArchImages(layout, base *ociimage.Layout, in archInputs, version string) (cli, job v1.Descriptor, err error) {
+	// The same TLS roots as the job image's: Debian's ca-certificates.
+	ca := filepath.Join(filepath.Dir(in.cli), "ca-certificates.crt")
+	if err := extractFromLayer(base.BlobPath(in.debian.Desc.Digest), strings.TrimPrefix(caBundle, "/"), ca); err != nil {
+		return v1.Descriptor{}, v1.Descriptor{}, err
+	}
+	cliLayer, err := layout.AddEntriesLayer(cliEntries(in.cli, ca), "setup-ephemeral-buildkit "+version+" (static), TLS roots")
+	if err != nil {
+		return v1.Descriptor{}, v1.Descriptor{}, err
+	}
+	cli, err = layout.AddImage(cliImage(in.arch, in.variant, version), []ociimage.Layer{cliLayer})
+	if err != nil {
+		return v1.Descriptor{}, v1.Descriptor{}, err
+	}
+	if err := copyBlob(base, layout, in.debian.Desc.Digest); err != nil {
+		return v1.Descriptor{}, v1.Descriptor{}, err
+	}
+	jobLayer, err := layout.AddEntriesLayer(jobEntries(in.cli, in.docker, in.buildx), "setup-ephemeral-buildkit "+version+", docker CLI, buildx plugin")
+	if err != nil {
+		return v1.Descriptor{}, v1.Descriptor{}, err
+	}
+	job, err = layout.AddImage(jobImage(in.arch, in.variant, version), []ociimage.Layer{in.debian, jobLayer})
+	if err != nil {
+		return v1.Descriptor{}, v1.Descriptor{}, err
+	}
+	fmt.Printf("mkimages: linux/%s: CLI image %s (%.1f MiB), job image %s (+%.1f MiB on Debian's %.1f MiB)\n", in.arch,
+		cli.Digest, mib(cliLayer.Desc.Size), job.Digest, mib(jobLayer.Desc.Size), mib(in.debian.Desc.Size))
+	return cli, job, nil
 }
 
 func mib(n int64) float64 { return float64(n) / (1 << 20) }
