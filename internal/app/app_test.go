@@ -24,10 +24,7 @@ import (
 )
 
 func TestMainThenPost(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 
 	if err := Main(ctx, w.github(), w.deps()); err != nil {
 		t.Fatalf("Main: %v\n%s", err, w.stdout.String())
@@ -165,10 +162,7 @@ func TestMainReportsInputsByTheirNames(t *testing.T) {
 }
 
 func TestMainRollsBackWhenBuildxFails(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 	w.docker.failOn = "inspect"
 	err := Main(ctx, w.github(), w.deps())
 	if err == nil || !strings.Contains(err.Error(), "injected failure") {
@@ -221,10 +215,7 @@ func TestMainCancelledWhileProvisioning(t *testing.T) {
 }
 
 func TestPostShowsLogsWhenJobFailed(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 	if err := Main(ctx, w.github(), w.deps()); err != nil {
 		t.Fatal(err)
 	}
@@ -241,10 +232,7 @@ func TestPostShowsLogsWhenJobFailed(t *testing.T) {
 }
 
 func TestPostWarnsButNeverFails(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 	if err := Main(ctx, w.github(), w.deps()); err != nil {
 		t.Fatal(err)
 	}
@@ -264,10 +252,7 @@ func TestPostWarnsButNeverFails(t *testing.T) {
 }
 
 func TestPostHonoursCleanupFalse(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 	w.env["INPUT_CLEANUP"] = "false"
 	w.env["INPUT_USE"] = "false"
 	if err := Main(ctx, w.github(), w.deps()); err != nil {
@@ -315,10 +300,7 @@ func TestRemoveLocalFilesLeavesForeignPaths(t *testing.T) {
 // TestMainShowsNoLogsOfPodsThatNeverExisted: when a builder pod was never created, the failed
 // step shows no "last buildkitd log lines" group for it, only for the pods that exist.
 func TestMainShowsNoLogsOfPodsThatNeverExisted(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 	w.client.PrependReactor("create", "pods", func(action k8stesting.Action) (bool, runtime.Object, error) {
 		pod := action.(k8stesting.CreateAction).GetObject().(*corev1.Pod)
 		if strings.HasSuffix(pod.Name, "-arm64") {
@@ -343,10 +325,7 @@ func TestMainShowsNoLogsOfPodsThatNeverExisted(t *testing.T) {
 // The files a buildkitd-config names are read where the job runs and reach the builders through
 // the job's Secret; the builders' config names them there.
 func TestMainShipsTheFilesBuildkitdConfigNames(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "registry-ca.pem"), []byte("the registry's CA"), 0o644); err != nil {
 		t.Fatal(err)

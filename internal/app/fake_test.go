@@ -49,6 +49,17 @@ type world struct {
 	createOnce sync.Once
 }
 
+// startedWorld is newWorld with its kubelet running, and a context that ends with the test
+// (at the latest after 30 s).
+func startedWorld(t *testing.T) (*world, context.Context) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	w := newWorld(t)
+	w.startKubelet(ctx)
+	return w, ctx
+}
+
 func newWorld(t *testing.T) *world {
 	t.Helper()
 	w := &world{t: t, ns: "ci", docker: &fakeDocker{}, ghDir: t.TempDir(), podCreated: make(chan struct{})}

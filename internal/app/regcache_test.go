@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/org/setup-ephemeral-buildkit/internal/ci"
 	"github.com/org/setup-ephemeral-buildkit/internal/regcache"
@@ -28,10 +27,7 @@ func TestMainExportsTheRegistryCache(t *testing.T) {
 		{"push", "refs/heads/main", "false", false},
 	} {
 		t.Run(c.event+"-"+c.ref+"-"+c.write, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			w := newWorld(t)
-			w.startKubelet(ctx)
+			w, ctx := startedWorld(t)
 			payload := filepath.Join(w.ghDir, "event.json")
 			if err := os.WriteFile(payload, []byte(`{"repository":{"default_branch":"main"}}`), 0o600); err != nil {
 				t.Fatal(err)
@@ -82,10 +78,7 @@ func TestMainRefusesABadCacheRef(t *testing.T) {
 }
 
 func TestMainWithoutCacheRefExportsNoCache(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 	if err := Main(ctx, w.github(), w.deps()); err != nil {
 		t.Fatal(err)
 	}

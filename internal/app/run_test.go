@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -86,10 +85,7 @@ func errText(err error) string {
 }
 
 func TestRunUpEnvDown(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 	stateDir := filepath.Join(t.TempDir(), "state")
 	env := map[string]string{"TMPDIR": t.TempDir()}
 	d := w.deps()
@@ -292,10 +288,7 @@ func TestRunDownRefused(t *testing.T) {
 		}, "may not delete pods"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			defer cancel()
-			w := newWorld(t)
-			w.startKubelet(ctx)
+			w, ctx := startedWorld(t)
 			stateDir := filepath.Join(t.TempDir(), "state")
 			d := w.deps()
 			var stdout, stderr bytes.Buffer

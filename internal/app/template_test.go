@@ -38,10 +38,7 @@ func (w *world) addTemplate(name, content string) {
 }
 
 func TestMainInheritsTheClusterTemplate(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w := newWorld(t)
-	w.startKubelet(ctx)
+	w, ctx := startedWorld(t)
 	w.addTemplate(clustertemplate.DefaultName, testTemplate)
 	if err := Main(ctx, w.github(), w.deps()); err != nil {
 		t.Fatalf("Main: %v\n%s", err, w.stdout.String())

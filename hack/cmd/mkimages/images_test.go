@@ -3,7 +3,6 @@ package main
 import (
 	"archive/tar"
 	"bytes"
-	"compress/gzip"
 	"encoding/json"
 	"io"
 	"os"
@@ -13,6 +12,8 @@ import (
 	"testing"
 
 	v1 "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/org/setup-ephemeral-buildkit/internal/testing/ociimage"
 )
 
 // fakeBin writes stand-ins for the binaries build-tools.sh produces.
@@ -62,23 +63,11 @@ func layerEntries(t *testing.T, archive string) (map[string]*tar.Header, v1.Imag
 	mustJSON(t, blobs["index.json"], &index)
 	mustJSON(t, blobs["blobs/sha256/"+index.Manifests[0].Digest.Encoded()], &manifest)
 	mustJSON(t, blobs["blobs/sha256/"+manifest.Config.Digest.Encoded()], &config)
-	zr, err := gzip.NewReader(bytes.NewReader(blobs["blobs/sha256/"+manifest.Layers[0].Digest.Encoded()]))
+	h, err := ociimage.LayerHeaders(bytes.NewReader(blobs["blobs/sha256/"+manifest.Layers[0].Digest.Encoded()]))
 	if err != nil {
 		t.Fatal(err)
 	}
-	entries := map[string]*tar.Header{}
-	lr := tar.NewReader(zr)
-	for {
-		hdr, err := lr.Next()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		entries["/"+strings.TrimSuffix(hdr.Name, "/")] = hdr
-	}
-	return entries, config
+	return absolute(h), config
 }
 
 func mustJSON(t *testing.T, b []byte, v any) {

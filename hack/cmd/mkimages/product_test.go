@@ -2,9 +2,7 @@ package main
 
 import (
 	"archive/tar"
-	"compress/gzip"
 	"encoding/json"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,7 +65,7 @@ func readJSON(t *testing.T, l *ociimage.Layout, d v1.Descriptor, v any) {
 	}
 }
 
-// layerFiles lists a layer blob's entries.
+// layerFiles lists a layer blob's entries by absolute path.
 func layerFiles(t *testing.T, l *ociimage.Layout, d v1.Descriptor) map[string]*tar.Header {
 	t.Helper()
 	f, err := l.OpenBlob(d.Digest)
@@ -75,22 +73,20 @@ func layerFiles(t *testing.T, l *ociimage.Layout, d v1.Descriptor) map[string]*t
 		t.Fatal(err)
 	}
 	defer f.Close()
-	zr, err := gzip.NewReader(f)
+	h, err := ociimage.LayerHeaders(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	files := map[string]*tar.Header{}
-	tr := tar.NewReader(zr)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return files
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		files["/"+strings.TrimSuffix(hdr.Name, "/")] = hdr
+	return absolute(h)
+}
+
+// absolute keys headers by absolute path ("/etc", not "etc/").
+func absolute(h map[string]*tar.Header) map[string]*tar.Header {
+	files := make(map[string]*tar.Header, len(h))
+	for name, hdr := range h {
+		files["/"+strings.TrimSuffix(name, "/")] = hdr
 	}
+	return files
 }
 
 // TestProductImages writes the CLI and job images as `make images` does (the real binary, built

@@ -1,6 +1,8 @@
 package ociimage
 
 import (
+	"archive/tar"
+	"compress/gzip"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -71,6 +73,27 @@ func (l *Layout) OpenBlob(d digest.Digest) (*os.File, error) {
 		return nil, fmt.Errorf("opening blob %s of OCI layout %s: %w", d, l.dir, err)
 	}
 	return f, nil
+}
+
+// LayerHeaders reads a gzip-compressed layer's tar headers, by name as written in the tar
+// ("usr/bin/", "etc/passwd"): for tests that check what a layer holds.
+func LayerHeaders(r io.Reader) (map[string]*tar.Header, error) {
+	zr, err := gzip.NewReader(r)
+	if err != nil {
+		return nil, fmt.Errorf("layer: %w", err)
+	}
+	headers := map[string]*tar.Header{}
+	tr := tar.NewReader(zr)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return headers, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("layer: %w", err)
+		}
+		headers[hdr.Name] = hdr
+	}
 }
 
 // putBlob stores data and returns its descriptor with the given media type.

@@ -2,9 +2,7 @@ package ociimage
 
 import (
 	"archive/tar"
-	"compress/gzip"
 	"encoding/json"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -58,22 +56,11 @@ func layerHeaders(t *testing.T, l *Layout, layer Layer) map[string]*tar.Header {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	zr, err := gzip.NewReader(f)
+	h, err := LayerHeaders(f)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[string]*tar.Header{}
-	tr := tar.NewReader(zr)
-	for {
-		hdr, err := tr.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[hdr.Name] = hdr
-	}
+	return h
 }
 
 func TestAddTreeLayer(t *testing.T) {
