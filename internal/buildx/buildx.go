@@ -37,7 +37,7 @@ type Builder struct {
 	// Name of the builder: a lower-case letter, then lower-case letters, digits, '.', '_', '-'.
 	Name  string
 	Nodes []Node
-	// Use makes the builder the current one for the docker context (`docker buildx use`) once it
+	// Use makes the builder the current one for the docker context (`docker buildx create --use`) once it
 	// is checked, so later `docker buildx build` calls pick it without BUILDX_BUILDER.
 	Use bool
 }
@@ -201,7 +201,7 @@ type Client struct {
 
 // Create registers b: it removes any builder of the same name (left by an interrupted attempt),
 // creates the first node, appends the others, checks with `docker buildx inspect --bootstrap`
-// that every node runs and serves its platform, and makes the builder current if b.Use. When a
+// that every node runs and serves its platform; with b.Use the last create makes it current. When a
 // step fails, it removes what it registered and returns the error. On success it returns the
 // inspection, for NodesJSON.
 func (c *Client) Create(ctx context.Context, b Builder) (Inspection, error) {
@@ -231,6 +231,12 @@ func (c *Client) create(ctx context.Context, b Builder) (Inspection, error) {
 		if i > 0 {
 			args = append(args, "--append")
 		}
+		if i == len(b.Nodes)-1 && b.Use {
+			// With the last node rather than by a `buildx use` of its own: one docker and two
+			// buildx processes fewer on every job's set-up (about 0.25 s here). A builder that then
+			// fails its check is removed, and with it the current mark.
+			args = append(args, "--use")
+		}
 		args = append(args, "--node", n.Name, "--platform", n.Platform)
 		opts, err := n.driverOpts()
 		if err != nil {
@@ -250,11 +256,6 @@ func (c *Client) create(ctx context.Context, b Builder) (Inspection, error) {
 	}
 	if err := verify(b, insp); err != nil {
 		return insp, err
-	}
-	if b.Use {
-		if _, err := c.run(ctx, "buildx", "use", b.Name); err != nil {
-			return insp, err
-		}
 	}
 	return insp, nil
 }

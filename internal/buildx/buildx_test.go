@@ -96,12 +96,11 @@ const (
 	createAMD64 = "docker buildx create --name ebk-abc --driver remote --node ebk-abc-amd64 --platform linux/amd64" +
 		" --driver-opt cacert=/runner/_temp/ebk/ca.pem,cert=/runner/_temp/ebk/client.pem,key=/runner/_temp/ebk/client-key.pem,servername=ebk-abc-amd64.buildkit.local" +
 		" tcp://10.244.1.7:1234"
-	createARM64 = "docker buildx create --name ebk-abc --driver remote --append --node ebk-abc-arm64 --platform linux/arm64" +
+	createARM64 = "docker buildx create --name ebk-abc --driver remote --append --use --node ebk-abc-arm64 --platform linux/arm64" +
 		" --driver-opt cacert=/runner/_temp/ebk/ca.pem,cert=/runner/_temp/ebk/client.pem,key=/runner/_temp/ebk/client-key.pem,servername=ebk-abc-arm64.buildkit.local" +
 		" tcp://10.244.2.9:1234"
 	rmBuilder      = "docker buildx rm ebk-abc"
 	inspectBuilder = "docker buildx inspect --bootstrap ebk-abc"
-	useBuilder     = "docker buildx use ebk-abc"
 )
 
 func TestCreate(t *testing.T) {
@@ -120,7 +119,7 @@ func TestCreate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{rmBuilder, createAMD64, createARM64, inspectBuilder, useBuilder}
+	want := []string{rmBuilder, createAMD64, createARM64, inspectBuilder}
 	if got := runner.argv(); !reflect.DeepEqual(got, want) {
 		t.Errorf("commands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
@@ -204,10 +203,10 @@ func TestCreateFailuresRollBack(t *testing.T) {
 		{
 			name:    "use fails",
 			fixture: "inspect-running.txt",
-			fail:    func(c Command) bool { return is(c, "use") },
+			fail:    func(c Command) bool { return is(c, "create") && slices.Contains(c.Args, "--use") },
 			failure: Result{ExitCode: 1, Stderr: []byte("ERROR: run `docker context use default` to switch to context default\n")},
-			want:    []string{rmBuilder, createAMD64, createARM64, inspectBuilder, useBuilder, rmBuilder},
-			errHas:  []string{"docker buildx use ebk-abc: exit status 1"},
+			want:    []string{rmBuilder, createAMD64, createARM64, rmBuilder},
+			errHas:  []string{"node ebk-abc-arm64 (linux/arm64)", "--use", "docker context use default"},
 		},
 	}
 	for _, tt := range tests {
