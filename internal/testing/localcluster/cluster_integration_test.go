@@ -22,7 +22,8 @@ import (
 // TestIntegrationEnvironment proves the local cluster does what every other real-cluster test
 // relies on: a privileged buildkitd pod owned by another pod becomes Ready, the host reaches it
 // over TCP and builds a Dockerfile with a RUN step for amd64 and (emulated) arm64, and deleting
-// the owner makes the garbage collector remove the pod and the kubelet stop its container.
+// the owner makes the garbage collector remove the pod and the kubelet stop its container, while
+// the bridge keeps its address.
 func TestIntegrationEnvironment(t *testing.T) {
 	c := ForTest(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -139,6 +140,19 @@ func TestIntegrationEnvironment(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("container processes of the deleted builder still run: %v", pids)
 		case <-time.After(200 * time.Millisecond):
+		}
+	}
+
+	// Pods came and went on the bridge: its address (the pods' gateway to the node) stayed the
+	// one set at start. A bridge that took its ports' lowest address would have changed it
+	// under the other pods, cutting them off from the API server until their ARP entry expired.
+	for file, want := range map[string]string{"address": bridgeMAC, "addr_assign_type": "3"} {
+		got, err := os.ReadFile(filepath.Join("/sys/class/net", bridgeName, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(string(got)) != want {
+			t.Errorf("bridge %s: %s is %q after pods came and went, want %q (3: set, not taken from a port)", bridgeName, file, strings.TrimSpace(string(got)), want)
 		}
 	}
 }

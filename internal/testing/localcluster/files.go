@@ -10,7 +10,13 @@ import (
 // Network layout. The node's address lives on the pod bridge, not on a real interface, so every
 // port the cluster opens is on loopback or on this private bridge.
 const (
-	bridgeName    = "sebk0"
+	bridgeName = "sebk0"
+	// bridgeMAC is set on the bridge so that it keeps one address. A Linux bridge without one
+	// takes the lowest address among its ports, so deleting a pod could change the gateway's
+	// address under every other pod, whose stale ARP entry then drops its traffic to the node
+	// (the API server, the registry) for 15 s or more: a job's cleanup failed that way while a
+	// parallel test deleted its job pod. Locally administered; the bytes spell "sebk0".
+	bridgeMAC     = "02:73:65:62:6b:30"
 	podSubnet     = "10.213.0.0/24"
 	nodeAddress   = "10.213.0.1"
 	serviceSubnet = "10.214.0.0/24"

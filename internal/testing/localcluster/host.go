@@ -90,9 +90,9 @@ func recordNetns(rec *hostRecord) error {
 	return rec.update(func(r *hostRecord) { r.NetnsBefore = names; r.RecordedNetns = true })
 }
 
-// createBridge creates the pod bridge with the node's address on it before any pod exists, so
-// the kubelet and API server can bind to it: nothing the cluster serves listens on the
-// machine's real interfaces.
+// createBridge creates the pod bridge with the node's address and a fixed MAC address
+// (bridgeMAC) on it before any pod exists, so the kubelet and API server can bind to it:
+// nothing the cluster serves listens on the machine's real interfaces.
 func createBridge(rec *hostRecord, name, cidr string) error {
 	if _, err := os.Stat(filepath.Join("/sys/class/net", name)); err == nil {
 		return fmt.Errorf("bridge %s already exists and is not on this cluster's record; remove it (ip link del %s) or choose another name", name, name)
@@ -101,6 +101,9 @@ func createBridge(rec *hostRecord, name, cidr string) error {
 		return err
 	}
 	if err := rec.update(func(r *hostRecord) { r.Bridge = name }); err != nil {
+		return err
+	}
+	if err := run("ip", "link", "set", name, "address", bridgeMAC); err != nil {
 		return err
 	}
 	if err := run("ip", "addr", "add", cidr, "dev", name); err != nil {
