@@ -119,7 +119,7 @@ func TestMainThenPost(t *testing.T) {
 		t.Errorf("job directory %s still there: %v", jobDir, err)
 	}
 	rm := "BUILDX_CONFIG=" + filepath.Join(jobDir, "buildx") + " docker buildx rm " + builder
-	if n := len(slices.DeleteFunc(w.docker.lines(), func(c string) bool { return c != rm })); n != 2 { // before create, and in post
+	if n := len(slices.DeleteFunc(w.docker.lines(), func(c string) bool { return c != rm })); n != 1 { // in post only: a first create finds no leftover to remove
 		t.Errorf("no buildx rm in:\n%s", strings.Join(w.docker.lines(), "\n"))
 	}
 	if strings.Contains(w.stdout.String(), "::warning::") || strings.Contains(w.stdout.String(), "Last buildkitd log lines") {

@@ -18,6 +18,8 @@ import (
 	"encoding/csv"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -199,7 +201,21 @@ type Client struct {
 	Logf func(format string, args ...any)
 }
 
-// Create registers b: it removes any builder of the same name (left by an interrupted attempt),
+// mayHave reports whether the builder store may hold a builder called name. With a builder store
+// of the job's own (BuildxConfigDir), buildx keeps each builder in instances/NAME (the name in
+// lower case): when that file is absent, as on every first attempt, the `docker buildx rm` of a
+// leftover is skipped, one docker and one buildx process fewer on the job's set-up. Anything
+// but a clear "does not exist" keeps the rm.
+func (c *Client) mayHave(name string) bool {
+	if c.BuildxConfigDir == "" {
+		return true
+	}
+	_, err := os.Stat(filepath.Join(c.BuildxConfigDir, "instances", strings.ToLower(name)))
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
+// Create registers b: it removes any builder of the same name (left by an interrupted attempt;
+// skipped when mayHave says there is none),
 // creates the first node, appends the others, checks with `docker buildx inspect --bootstrap`
 // that every node runs and serves its platform; with b.Use the last create makes it current. When a
 // step fails, it removes what it registered and returns the error. On success it returns the
@@ -209,8 +225,10 @@ func (c *Client) Create(ctx context.Context, b Builder) (Inspection, error) {
 		return Inspection{}, fmt.Errorf("creating buildx builder: %w", err)
 	}
 	b = b.withDefaults()
-	if err := c.Remove(ctx, b.Name); err != nil {
-		return Inspection{}, fmt.Errorf("creating buildx builder %s: removing a leftover builder of that name: %w", b.Name, err)
+	if c.mayHave(b.Name) {
+		if err := c.Remove(ctx, b.Name); err != nil {
+			return Inspection{}, fmt.Errorf("creating buildx builder %s: removing a leftover builder of that name: %w", b.Name, err)
+		}
 	}
 	insp, err := c.create(ctx, b)
 	if err != nil {

@@ -119,7 +119,8 @@ func TestCreate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{rmBuilder, createAMD64, createARM64, inspectBuilder}
+	// The builder store holds no ebk-abc: there is no leftover to remove first.
+	want := []string{createAMD64, createARM64, inspectBuilder}
 	if got := runner.argv(); !reflect.DeepEqual(got, want) {
 		t.Errorf("commands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
@@ -133,6 +134,28 @@ func TestCreate(t *testing.T) {
 	}
 	if len(logged) != len(want) || !strings.Contains(logged[1], "DOCKER_CONFIG=/runner/_temp/docker BUILDX_CONFIG=/runner/_temp/buildx docker buildx create") {
 		t.Errorf("logged %q", logged)
+	}
+}
+
+// A builder of that name left in the job's builder store by an interrupted attempt (buildx keeps
+// it in instances/NAME, lower case) is removed before the create.
+func TestCreateRemovesALeftoverBuilder(t *testing.T) {
+	store := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(store, "instances"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(store, "instances", "ebk-abc"), []byte(`{"Name":"ebk-abc"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runner := &fakeRunner{}
+	runner.respond = scripted(t, "inspect-running.txt", nil, Result{})
+	c := &Client{Runner: runner, BuildxConfigDir: store}
+	if _, err := c.Create(context.Background(), testBuilder()); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{rmBuilder, createAMD64, createARM64, inspectBuilder}
+	if got := runner.argv(); !reflect.DeepEqual(got, want) {
+		t.Errorf("commands:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 
