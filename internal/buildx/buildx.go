@@ -201,25 +201,24 @@ type Client struct {
 	Logf func(format string, args ...any)
 }
 
-// mayHave reports whether the builder store may hold a builder called name. With a builder store
-// of the job's own (BuildxConfigDir), buildx keeps each builder in instances/NAME (the name in
-// lower case): when that file is absent, as on every first attempt, the `docker buildx rm` of a
-// leftover is skipped, one docker and one buildx process fewer on the job's set-up. Anything
-// but a clear "does not exist" keeps the rm.
+// mayHave reports whether the builder store may hold a builder called name (a valid name, so
+// already lower case). With a builder store of the job's own (BuildxConfigDir), buildx keeps each
+// builder in instances/NAME: when that file is absent, as on every first attempt, the `docker
+// buildx rm` of a leftover is skipped, one docker and one buildx process fewer on the job's
+// set-up. Anything but a clear "does not exist" keeps the rm.
 func (c *Client) mayHave(name string) bool {
 	if c.BuildxConfigDir == "" {
 		return true
 	}
-	_, err := os.Stat(filepath.Join(c.BuildxConfigDir, "instances", strings.ToLower(name)))
+	_, err := os.Stat(filepath.Join(c.BuildxConfigDir, "instances", name))
 	return !errors.Is(err, fs.ErrNotExist)
 }
 
-// Create registers b: it removes any builder of the same name (left by an interrupted attempt;
-// skipped when mayHave says there is none),
-// creates the first node, appends the others, checks with `docker buildx inspect --bootstrap`
-// that every node runs and serves its platform; with b.Use the last create makes it current. When a
-// step fails, it removes what it registered and returns the error. On success it returns the
-// inspection, for NodesJSON.
+// Create registers b: it removes any builder of the same name that mayHave finds (left by an
+// interrupted attempt), creates the first node, appends the others, checks with `docker buildx
+// inspect --bootstrap` that every node runs and serves its platform; with b.Use the last create
+// makes it current. When a step fails, it removes what it registered and returns the error. On
+// success it returns the inspection, for NodesJSON.
 func (c *Client) Create(ctx context.Context, b Builder) (Inspection, error) {
 	if err := b.Validate(); err != nil {
 		return Inspection{}, fmt.Errorf("creating buildx builder: %w", err)

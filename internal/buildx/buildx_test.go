@@ -138,7 +138,7 @@ func TestCreate(t *testing.T) {
 }
 
 // A builder of that name left in the job's builder store by an interrupted attempt (buildx keeps
-// it in instances/NAME, lower case) is removed before the create.
+// it in instances/NAME) is removed before the create.
 func TestCreateRemovesALeftoverBuilder(t *testing.T) {
 	store := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(store, "instances"), 0o700); err != nil {
